@@ -1,0 +1,267 @@
+"""Typed configs with defaults that run on a 2-core CPU, and the one YAML loader (includes, dotted overrides,
+type checks) that turns probe recipes into them. Every field's `help` metadata feeds `--help` and the docs."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import LayerscoutError
+
+LOSS_TYPES = ("grpo", "dr_grpo")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelSpec:
+    """Where a model comes from and where it runs. `name_or_path=None` means the embedded default organism."""
+
+    name_or_path: str | None = _f(None, "hub id, local model dir or .gguf file; None = default organism")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    dtype: str = _f("auto", "auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
+    gguf_file: str | None = _f(None, "GGUF file name inside a hub repo or dir")
+    revision: str | None = _f(None, "hub revision")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise LayerscoutError(f"dtype must be auto, float32, bfloat16 or float16; got {self.dtype!r}")
+
+
+@dataclass
+class ProbeConfig:
+    """One short RL probe: a single round of rollouts, then signals computed from it. Sized so that probing a
+    30-layer, 135M-parameter model costs a few GRPO steps on a 2-core CPU."""
+
+    num_prompts: int = _f(8, "prompts sampled for the probe (prompt groups)")
+    num_generations: int = _f(4, "completions per prompt (TRL's num_generations)")
+    max_completion_length: int = _f(32, "max new tokens per completion (TRL's max_completion_length)")
+    temperature: float = _f(1.0, "sampling temperature")
+    top_p: float = _f(1.0, "nucleus sampling")
+    loss_type: str = _f("grpo", "advantage/loss normalisation: grpo | dr_grpo")
+    lookahead_fraction: float = _f(0.5, "share of prompt groups held out to score the lookahead step")
+    update_steps: int = _f(3, "Adam steps on the rollouts for the update-magnitude signal")
+    learning_rate: float = _f(1e-5, "Adam learning rate of the update-magnitude steps")
+    lookahead_lr: float = _f(1e-4, "size of the one-block lookahead step (first Adam step = lr * sign(grad))")
+    batch_size: int = _f(8, "sequences per forward/backward pass")
+    signals: list[str] = _f(
+        ["grad_norm", "grad_norm_per_param", "grad_norm_rel", "fisher_trace", "grad_snr", "update_norm",
+         "attribution", "lookahead_gain", "depth_prior", "spectral_snr"],
+        "signals to compute (see `layerscout signals ls`)",
+    )
+    score_weights: dict[str, float] = _f(
+        {"lookahead_gain": 2.0, "grad_snr": 1.0, "attribution": 1.0, "grad_norm_rel": 1.0},
+        "ranking score = weighted mean of these signals' within-model percentile ranks",
+    )
+    seed: int = _f(0, "seed for prompt sampling, generation and steps")
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise LayerscoutError(
+                "group-relative advantages need at least 2 generations per prompt; "
+                f"got {self.num_generations}")
+        if self.num_prompts < 2:
+            raise LayerscoutError(f"num_prompts must be >= 2 (one group probes, one scores the lookahead); "
+                                  f"got {self.num_prompts}")
+        if self.loss_type not in LOSS_TYPES:
+            raise LayerscoutError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {self.loss_type!r}")
+        if not 0.0 < self.lookahead_fraction < 1.0:
+            raise LayerscoutError(f"lookahead_fraction must be in (0, 1); got {self.lookahead_fraction}")
+        for name in ("max_completion_length", "batch_size"):
+            if getattr(self, name) < 1:
+                raise LayerscoutError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.update_steps < 0:
+            raise LayerscoutError(f"update_steps must be >= 0; got {self.update_steps}")
+        unknown = set(self.score_weights) - set(self.signals)
+        if unknown:
+            raise LayerscoutError(f"score_weights name signals not in `signals`: {', '.join(sorted(unknown))}")
+
+
+# ---------------------------------------------------------------- YAML -> dataclass
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        k, v = typing.get_args(tp) or (Any, Any)
+        return isinstance(value, dict) and all(_type_ok(a, k) and _type_ok(b, v) for a, b in value.items())
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def from_dict(cls: type, data: dict, source: str = "config") -> Any:
+    """Build dataclass `cls` from `data`, reporting every unknown key and wrong type at once."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    problems = [f"{source}: unknown key {k!r}" for k in data if k not in names]
+    for k, v in data.items():
+        if k in names and not _type_ok(v, hints[k]):
+            problems.append(f"{source}: {k} expects {_type_name(hints[k])}, got {v!r}")
+    if problems:
+        raise LayerscoutError("; ".join(problems))
+    return cls(**{k: (float(v) if hints[k] is float and isinstance(v, int) else v) for k, v in data.items()})
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` (dotted keys allowed); the value is parsed as YAML so `32`, `0.1`, `[a, b]` get types."""
+    import yaml
+
+    if "=" not in text:
+        raise LayerscoutError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise LayerscoutError(f"override {text!r}: {e}") from None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        key, value = parse_override(text)
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise LayerscoutError(f"override {text!r}: {p} is not a mapping")
+        node[leaf] = value
+    return data
+
+
+def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """Read a YAML mapping, resolving `include:` (a path or list, relative to the file) depth-first;
+    keys in the including file win."""
+    import yaml
+
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise LayerscoutError(f"{path}: include cycle")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise LayerscoutError(f"no such file: {path}") from None
+    except yaml.YAMLError as e:
+        raise LayerscoutError(f"{path}: not valid YAML ({e})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise LayerscoutError(f"{path}: expected a mapping at top level, got {type(data).__name__}")
+    includes = data.pop("include", [])
+    merged: dict = {}
+    for inc in [includes] if isinstance(includes, str) else includes:
+        merged = _deep_merge(merged, load_yaml(path.parent / inc, _seen + (path.resolve(),)))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ---------------------------------------------------------------- RL runs (training.py)
+
+@dataclass
+class RLConfig:
+    """One GRPO / Dr. GRPO run through TRL's GRPOTrainer. Names shared with TRL mean the same thing; defaults
+    run 20 steps on the default organism in seconds on a 2-core CPU. `to_grpo_config` adds the CPU-safe
+    settings. The learning rate is tuned for the full-parameter run and reused unchanged per layer (paper)."""
+
+    loss_type: str = _f("grpo", "grpo | dr_grpo (Dr. GRPO also turns off the std division: scale_rewards=False)")
+    learning_rate: float = _f(1e-4, "AdamW learning rate, constant schedule")
+    beta: float = _f(0.0, "KL coefficient to the start-of-run model (0 = no reference model)")
+    num_generations: int = _f(4, "completions per prompt (TRL's num_generations)")
+    max_completion_length: int = _f(32, "max new tokens per completion (TRL's max_completion_length)")
+    prompts_per_step: int = _f(8, "prompts per optimizer step; TRL's per_device_train_batch_size = "
+                                  "prompts_per_step * num_generations completions")
+    max_steps: int = _f(20, "optimizer steps")
+    temperature: float = _f(1.0, "sampling temperature of the rollouts")
+    top_p: float = _f(1.0, "nucleus sampling of the rollouts")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    seed: int = _f(0, "seed for prompt order, sampling and training")
+    logging_steps: int = _f(1, "log reward and loss every N steps (the report's reward curve)")
+    save_steps: int = _f(10, "checkpoint every N steps for --resume (0 = no checkpoints)")
+    save_total_limit: int | None = _f(2, "keep only the newest N checkpoints (None = all)")
+    eval_prompts: int = _f(64, "held-out prompts scored before and after training")
+    eval_samples: int = _f(1, "completions per held-out prompt (1 = greedy)")
+    train_embeddings: bool = _f(False, "also train the input embeddings (the paper keeps them frozen)")
+    train_head: bool = _f(False, "also train the LM head (the paper keeps it frozen)")
+    use_vllm: bool = _f(False, "generate with vLLM (needs `pip install vllm` and a GPU)")
+    vllm_mode: str = _f("colocate", "colocate | server (TRL's vllm_mode)")
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise LayerscoutError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {self.loss_type!r}")
+        if self.num_generations < 2:
+            raise LayerscoutError(
+                "group-relative advantages need at least 2 generations per prompt; "
+                f"got {self.num_generations}")
+        for name in ("max_completion_length", "prompts_per_step", "max_steps", "logging_steps", "eval_prompts",
+                     "eval_samples"):
+            if getattr(self, name) < 1:
+                raise LayerscoutError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise LayerscoutError(f"learning_rate must be > 0; got {self.learning_rate}")
+        if self.beta < 0:
+            raise LayerscoutError(f"beta must be >= 0; got {self.beta}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise LayerscoutError(f"need temperature > 0 and 0 < top_p <= 1; got {self.temperature}, {self.top_p}")
+        if self.save_steps < 0 or self.max_grad_norm < 0:
+            raise LayerscoutError("save_steps and max_grad_norm must be >= 0")
+        if self.vllm_mode not in ("colocate", "server"):
+            raise LayerscoutError(f"vllm_mode must be colocate or server; got {self.vllm_mode!r}")
+
+    @property
+    def scale_rewards(self) -> bool:
+        """GRPO divides advantages by the group std; Dr. GRPO does not (TRL needs both settings)."""
+        return self.loss_type != "dr_grpo"
+
+    def to_grpo_config(self, output_dir: str | Path, progress: bool = True) -> Any:
+        """The equivalent `trl.GRPOConfig`, with CPU-safe settings (use_cpu, no bf16) when CUDA is absent."""
+        import importlib.util
+
+        import torch
+        from trl import GRPOConfig
+
+        cuda = torch.cuda.is_available()
+        if self.use_vllm and importlib.util.find_spec("vllm") is None:
+            raise LayerscoutError("use_vllm needs vLLM: pip install vllm (and a CUDA GPU)")
+        return GRPOConfig(
+            output_dir=str(output_dir),
+            loss_type=self.loss_type, scale_rewards=self.scale_rewards, beta=self.beta,
+            learning_rate=self.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
+            max_grad_norm=self.max_grad_norm,
+            num_generations=self.num_generations, max_completion_length=self.max_completion_length,
+            per_device_train_batch_size=self.prompts_per_step * self.num_generations,
+            gradient_accumulation_steps=1, max_steps=self.max_steps,
+            temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+            logging_steps=self.logging_steps, report_to="none", disable_tqdm=not progress,
+            save_strategy="steps" if self.save_steps else "no", save_steps=self.save_steps or 500,
+            save_total_limit=self.save_total_limit,
+            use_cpu=not cuda, bf16=False if not cuda else None, activation_checkpointing=False,
+            use_vllm=self.use_vllm, vllm_mode=self.vllm_mode,
+        )

@@ -1,0 +1,47 @@
+"""Held-out score S: the mean task reward of a model's completions on the task's held-out prompts.
+
+S is the quantity in the paper's layer contribution C(k) = (S_k - S_base) / (S_full - S_base). Greedy decoding
+when `num_samples == 1` (deterministic), otherwise `num_samples` sampled completions per prompt, averaged.
+Cost: one batched `generate` over n * num_samples sequences of at most `max_new_tokens` tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .errors import LayerscoutError
+
+
+def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: int = 1,
+             max_new_tokens: int = 32, batch_size: int = 32, temperature: float = 1.0) -> dict[str, Any]:
+    """Score `model` on up to `n` held-out prompts of `task`.
+
+    Returns {"score": mean reward in [0, 1], "n": prompts scored, "num_samples", "greedy", "seconds"}.
+    Example: `evaluate(model, tok, get_task("math"), n=64)["score"]`.
+    """
+    import torch
+
+    from .rollouts import generate
+    from .tasks import render_prompt
+
+    if num_samples < 1:
+        raise LayerscoutError(f"num_samples must be >= 1; got {num_samples}")
+    start = time.perf_counter()
+    data = task.load_prompts("heldout", n, seed)
+    prompts = [render_prompt(tokenizer, p) for p in data["prompt"]]
+    greedy = num_samples == 1
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # seeded; global RNG untouched
+            torch.manual_seed(seed)
+            _, _, _, texts = generate(model, tokenizer, prompts, num_generations=num_samples,
+                                      max_new_tokens=max_new_tokens, temperature=temperature,
+                                      do_sample=not greedy, batch_size=batch_size)
+    finally:
+        model.train(was_training)
+    columns = {c: [v for v in data[c] for _ in range(num_samples)] for c in data.column_names if c != "prompt"}
+    rewards = task.reward(texts, **columns)
+    return {"score": float(sum(rewards) / len(rewards)), "n": len(prompts), "num_samples": num_samples,
+            "greedy": greedy, "seconds": round(time.perf_counter() - start, 3)}

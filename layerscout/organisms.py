@@ -1,0 +1,319 @@
+"""Model organisms: tiny character-level decoders trained here from scratch, by supervised fine-tuning on a
+task's train split, until their greedy held-out accuracy lands in a partial band (default 20-60 %), so RL
+has headroom. The default (Qwen3, 8 layers, hidden 128, ~1.6 M parameters, math) builds in about a minute
+on 2 CPU cores, once, into the layerscout cache; it is the model every command uses when none is named.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import string
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import LayerscoutError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+ARCHS = ("qwen3", "qwen2", "llama")
+PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"  # token ids 0, 1, 2
+# Bump when a change to the build below changes the weights it produces: it is part of the cache key.
+RECIPE_VERSION = 1
+CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}{{ m['content'] + '\\n' }}"
+    "{%- elif m['role'] == 'user' -%}{{ 'Q: ' + m['content'] + '\\n' }}"
+    "{%- else -%}{{ 'A: ' + m['content'] + eos_token + '\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'A: ' }}{%- endif -%}"
+)
+
+
+def build_tokenizer(chars: str | None = None) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: ids 0-2 are <pad>, <eos>, <unk>, then one id per character of `chars`
+    (default: printable ASCII, 100 characters). Its chat template renders a user turn as "Q: {q}\\n" and
+    the generation prompt as "A: "; an assistant turn ends with <eos>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {PAD: 0, EOS: 1, UNK: 2}
+    for c in string.printable if chars is None else chars:
+        vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, chat_template=CHAT_TEMPLATE,
+        model_max_length=256, clean_up_tokenization_spaces=False)
+
+
+def build_model(arch: str, num_layers: int, vocab_size: int, seed: int, hidden_size: int = 128,
+                num_attention_heads: int = 4, num_key_value_heads: int = 2, intermediate_size: int | None = None,
+                max_position_embeddings: int = 256) -> PreTrainedModel:
+    """A randomly initialised decoder (`arch`: qwen3 | qwen2 | llama), fp32, same weights for the same seed.
+
+    Embeddings are tied to the LM head, as in SmolLM2 and the small Qwen3 models. intermediate_size defaults
+    to 3 * hidden_size (SwiGLU). Example: `build_model("qwen3", 8, 103, seed=0)` has ~1.6 M parameters.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+    configs = {"qwen3": Qwen3Config, "qwen2": Qwen2Config, "llama": LlamaConfig}
+    if arch not in configs:
+        raise LayerscoutError(f"Unknown arch {arch!r}. Available: {', '.join(ARCHS)}")
+    if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
+        raise LayerscoutError(
+            f"hidden_size ({hidden_size}) must divide by num_attention_heads ({num_attention_heads}), "
+            f"which must divide by num_key_value_heads ({num_key_value_heads})")
+    config = configs[arch](
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+        head_dim=hidden_size // num_attention_heads, intermediate_size=intermediate_size or 3 * hidden_size,
+        max_position_embeddings=max_position_embeddings, tie_word_embeddings=True,
+        pad_token_id=0, eos_token_id=1, bos_token_id=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class OrganismConfig:
+    """How to build one organism. The defaults reach the band within a few hundred steps on 2 CPU cores for
+    qwen3 / qwen2 / llama at 8 layers and seeds 0-2."""
+
+    arch: str = _f("qwen3", "decoder architecture: qwen3 | qwen2 | llama")
+    num_layers: int = _f(8, "decoder blocks")
+    hidden_size: int = _f(128, "model width")
+    task: str = _f("math", "registered task whose train split is the SFT data and held-out split the eval")
+    task_options: dict[str, Any] = _f({}, "options passed to get_task (empty = the task's defaults)")
+    seed: int = _f(0, "seed for weights, data sampling and batch order")
+    target_accuracy: list[float] = _f([0.2, 0.6], "[low, high] band of greedy held-out accuracy to stop in")
+    max_steps: int = _f(3000, "give up after this many optimizer steps (keeps the checkpoint closest to the band)")
+    batch_size: int = _f(64, "sequences per step")
+    learning_rate: float = _f(1e-3, "AdamW peak learning rate (linear warmup, then constant)")
+    warmup_steps: int = _f(50, "linear warmup steps")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    train_prompts: int = _f(20000, "unique training questions drawn from the task's train split")
+    eval_every: int = _f(50, "steps between held-out evaluations")
+    eval_prompts: int = _f(200, "held-out questions per evaluation (greedy decoding)")
+    max_new_tokens: int = _f(12, "generation budget per held-out answer")
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise LayerscoutError(f"Unknown arch {self.arch!r}. Available: {', '.join(ARCHS)}")
+        low, high = self.target_accuracy if len(self.target_accuracy) == 2 else (None, None)
+        if low is None or not 0.0 <= low <= high <= 1.0:
+            raise LayerscoutError(f"target_accuracy must be [low, high] with 0 <= low <= high <= 1; "
+                                  f"got {self.target_accuracy}")
+        for name in ("num_layers", "hidden_size", "max_steps", "batch_size", "train_prompts", "eval_every",
+                     "eval_prompts", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise LayerscoutError(f"{name} must be >= 1; got {getattr(self, name)}")
+
+    def key(self) -> str:
+        """Cache directory name: <arch>-L<n>-<task>-s<seed>-<hash of the whole config and recipe version>."""
+        blob = json.dumps([RECIPE_VERSION, dataclasses.asdict(self)], sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
+        return f"{self.arch}-L{self.num_layers}-{self.task}-s{self.seed}-{digest}"
+
+
+def build_organism(config: OrganismConfig, output: str | Path, progress: bool = True) -> dict:
+    """Train an organism per `config` and save it to `output` (a new dir, published by one atomic rename).
+
+    Every `eval_every` steps (and at `max_steps`) greedy held-out accuracy is measured; training stops at
+    the first evaluation inside the band. If an evaluation overshoots the band, or max_steps runs out, the
+    saved weights are those of the evaluated checkpoint closest to the band (the later one on ties), and
+    organism.json says `in_band: false` when that is still outside it. Returns organism.json's content.
+    """
+    import torch
+
+    from .tasks import get_task
+
+    output = Path(output)
+    if output.exists():
+        raise LayerscoutError(f"{output} already exists; remove it or choose another output")
+    start = time.perf_counter()
+    task = get_task(config.task, **config.task_options)
+    tokenizer = build_tokenizer()
+    model = build_model(config.arch, config.num_layers, len(tokenizer), config.seed, hidden_size=config.hidden_size)
+    train = _setup_train_data(task, tokenizer, config)
+    heldout = task.load_prompts("heldout", config.eval_prompts, config.seed)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                            betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
+    gen = torch.Generator().manual_seed(config.seed)
+    low, high = config.target_accuracy
+    best: dict | None = None  # {"distance", "step", "accuracy", "state"} of the checkpoint closest to the band
+    evals: list[list[float]] = []
+    order = torch.randperm(len(train), generator=gen)
+    pos = 0
+    bar = _progress_bar(config.max_steps, progress)
+    for step in range(1, config.max_steps + 1):
+        if pos + config.batch_size > len(order):
+            order, pos = torch.randperm(len(train), generator=gen), 0
+        batch = _collate([train[i] for i in order[pos:pos + config.batch_size].tolist()])
+        pos += config.batch_size
+        model.train()
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{evals[-1][1]:.2f}" if evals else "-")
+        if step % config.eval_every and step != config.max_steps:
+            continue
+        acc = heldout_accuracy(model, tokenizer, task, heldout, config.max_new_tokens)
+        evals.append([step, acc])
+        distance = max(low - acc, acc - high, 0.0)
+        if best is None or distance <= best["distance"]:
+            best = {"distance": distance, "step": step, "accuracy": acc,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+        if acc >= low:  # inside the band, or jumped over it
+            break
+    bar.close()
+    model.load_state_dict(best["state"])
+    record = {
+        "config": dataclasses.asdict(config),
+        "recipe_version": RECIPE_VERSION,
+        "task_version": task.version,
+        "heldout_accuracy": best["accuracy"],
+        "in_band": best["distance"] == 0.0,
+        "steps": best["step"],
+        "evals": evals,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "versions": _versions(),
+    }
+    if not record["in_band"]:
+        print(f"layerscout: organism accuracy {best['accuracy']:.2f} is outside the band [{low}, {high}] "
+              f"after {step} steps", file=sys.stderr)
+    _save(model, tokenizer, record, output)
+    return record
+
+
+def default_organism_path(config: OrganismConfig | None = None, progress: bool = True) -> Path:
+    """The default organism's directory, built on first use into cache_dir()/organisms/<config.key()>/.
+
+    Two processes racing to build it both train, but only the first rename publishes; the other discards its
+    copy and uses the published one. Example: `AutoModelForCausalLM.from_pretrained(default_organism_path())`.
+    """
+    from .models import cache_dir
+
+    config = config or OrganismConfig()
+    path = cache_dir() / "organisms" / config.key()
+    if not path.exists():
+        if progress:
+            print(f"layerscout: building the default model organism into {path} (once)", file=sys.stderr)
+        try:
+            build_organism(config, path, progress=progress)
+        except _AlreadyPublished:
+            pass
+    return path
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _AlreadyPublished(LayerscoutError):
+    """Another process published the same output while this one was building it."""
+
+
+def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids + eos) per training question; the loss covers only the answer part."""
+    from .tasks import render_prompt
+
+    data = task.load_prompts("train", config.train_prompts, config.seed)
+    eos = tokenizer.eos_token_id
+    return [(tokenizer.encode(render_prompt(tokenizer, p), add_special_tokens=False),
+             tokenizer.encode(a, add_special_tokens=False) + [eos])
+            for p, a in zip(data["prompt"], data["answer"], strict=True)]
+
+
+def _collate(examples: list[tuple[list[int], list[int]]]) -> dict:
+    """Right-padded input_ids / attention_mask / labels (B, T); labels are -100 except on answer tokens."""
+    import torch
+
+    width = max(len(p) + len(a) for p, a in examples)
+    ids = torch.zeros(len(examples), width, dtype=torch.long)  # 0 = <pad>
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for i, (p, a) in enumerate(examples):
+        n = len(p) + len(a)
+        ids[i, :n] = torch.tensor(p + a)
+        mask[i, :n] = 1
+        labels[i, len(p):n] = torch.tensor(a)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def heldout_accuracy(model: Any, tokenizer: Any, task: Any, data: Any, max_new_tokens: int = 12,
+                     batch_size: int = 256) -> float:
+    """Mean task reward of greedy completions for `data` (a load_prompts dataset), in [0, 1]."""
+    import torch
+
+    from .tasks import render_prompt
+
+    model.eval()
+    texts = [render_prompt(tokenizer, p) for p in data["prompt"]]
+    completions = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, padding_side="left",
+                        add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        completions += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    rewards = task.reward(completions, list(data["answer"]))
+    return sum(rewards) / len(rewards)
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="organism", unit="step", file=sys.stderr, disable=not enabled)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("layerscout", "torch", "transformers", "tokenizers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _save(model: Any, tokenizer: Any, record: dict, output: Path) -> None:
+    """Write everything into a sibling temp dir, then rename it to `output` in one step."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "organism.json").write_text(json.dumps(record, indent=2) + "\n")
+        os.rename(tmp, output)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if output.exists():
+            raise _AlreadyPublished(f"{output} already exists; remove it or choose another output") from None
+        raise

@@ -1,0 +1,228 @@
+"""RL runs: train only the chosen decoder blocks (or all of them) with TRL's GRPOTrainer, score the held-out
+split before and after, and leave a loadable model, a layer delta and a `train_report.json` behind. The one
+run path behind `layerscout train` and every row of `calibrate`. Freezing is plain `requires_grad`; the
+optimizer holds only trainable tensors (checked at train start). Cost: max_steps GRPO steps plus two evals.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import RLConfig
+from .errors import LayerscoutError
+
+REPORT = "train_report.json"
+DELTA = "layer_delta.safetensors"
+BASE_EVAL = "base_eval.json"
+
+
+def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConfig | None = None,
+                 output_dir: str | Path = "runs/train", resume: bool = False, progress: bool = True) -> dict:
+    """GRPO / Dr. GRPO on `task`, updating only decoder blocks `layers` (None = full-parameter run).
+
+    `model`: a ModelSpec, hub id / path, None (default organism) or an in-memory (model, tokenizer) pair, which
+    is trained in place. `resume=True` continues from the newest `checkpoint-*` in `output_dir`. Returns the
+    run record also written to `output_dir/train_report.json`. Example:
+    `train_layers(None, "math", [2], RLConfig(max_steps=10), "runs/l2")["final_score"]`.
+    """
+    start = time.perf_counter()
+    config = config or RLConfig()
+    out, checkpoint = _setup_output_dir(output_dir, resume)
+    model, tokenizer, base_id = _setup_model(model)
+    task = _setup_task(task)
+    trainable, base_state = _setup_freeze(model, layers, config)
+    base_eval = _base_eval(model, tokenizer, task, config, out)
+    trainer, timer = _setup_trainer(model, tokenizer, task, config, out, trainable, progress)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    final_eval = _evaluate(model, tokenizer, task, config)
+    record = _record(model, task, layers, config, base_id, trainable, base_state, base_eval, final_eval,
+                     trainer, timer, checkpoint, out, start)
+    _save_outputs(model, tokenizer, layers, base_state, record, out)
+    return record
+
+
+# ---------------------------------------------------------------- setup
+
+def _setup_output_dir(output_dir: str | Path, resume: bool) -> tuple[Path, str | None]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(output_dir)
+    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if not resume and (checkpoint or (out / REPORT).exists()):
+        raise LayerscoutError(f"{out} already holds a run; resume it (--resume) or pick a new output dir")
+    out.mkdir(parents=True, exist_ok=True)
+    return out, checkpoint if resume else None
+
+
+def _setup_model(model: Any) -> tuple[Any, Any, str]:
+    """(model, tokenizer, base id) from a spec, a path or an in-memory pair."""
+    from .models import load_model
+
+    if isinstance(model, tuple):
+        model, tokenizer = model
+    else:
+        model, tokenizer = load_model(model)
+    if getattr(model, "hf_quantizer", None) is not None:
+        raise LayerscoutError("the model is still flagged as quantized; load it through layerscout.load_model")
+    return model, tokenizer, str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+
+
+def _setup_task(task: Any) -> Any:
+    from .tasks import get_task
+
+    return get_task(task) if isinstance(task, str) else task
+
+
+def _setup_freeze(model, layers: list[int] | None, config: RLConfig) -> tuple[list[str], dict]:
+    """Freeze all but `layers`; snapshot the trainable tensors (for the delta's base fingerprint and update norms)."""
+    from .models import freeze_all_but
+
+    trainable = list(freeze_all_but(model, layers, train_embeddings=config.train_embeddings,
+                                    train_head=config.train_head))
+    if not trainable:
+        raise LayerscoutError("nothing to train: no parameter requires grad")
+    own = dict(model.named_parameters())
+    return trainable, {n: own[n].detach().to("cpu", copy=True) for n in trainable}
+
+
+def _base_eval(model, tokenizer, task, config: RLConfig, out: Path) -> dict:
+    """The base model's held-out score; cached in the output dir so a resumed run does not re-score it."""
+    cached = out / BASE_EVAL
+    if cached.exists():
+        return json.loads(cached.read_text())
+    result = _evaluate(model, tokenizer, task, config)
+    cached.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _evaluate(model, tokenizer, task, config: RLConfig) -> dict:
+    from .evaluate import evaluate
+
+    return evaluate(model, tokenizer, task, n=config.eval_prompts, seed=config.seed,
+                    num_samples=config.eval_samples, max_new_tokens=config.max_completion_length,
+                    temperature=config.temperature)
+
+
+def _setup_reference(model, out: Path) -> None:
+    """TRL builds the KL reference by reloading `config._name_or_path`; point it at this run's start weights."""
+    ref = out / "reference"
+    if not (ref / "config.json").exists():
+        model.save_pretrained(ref)
+    model.config._name_or_path = str(ref)
+
+
+def _setup_trainer(model, tokenizer, task, config: RLConfig, out: Path, trainable: list[str], progress: bool):
+    from trl import GRPOTrainer
+
+    if config.beta > 0:
+        _setup_reference(model, out)
+    args = config.to_grpo_config(out, progress=progress)
+    timer = step_timer()
+    trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=[task.reward], args=args,
+                          train_dataset=task.load_prompts("train", config.max_steps * config.prompts_per_step,
+                                                          config.seed),
+                          callbacks=[optimizer_guard(set(trainable)), timer])
+    return trainer, timer
+
+
+# ---------------------------------------------------------------- callbacks (transformers imported lazily)
+
+def step_timer():
+    """A TrainerCallback whose `.seconds` lists each optimizer step's wall time (generation + backward + update)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self._t = 0.0
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.seconds.append(time.perf_counter() - self._t)
+
+    return StepTimer()
+
+
+def optimizer_guard(trainable: set[str]):
+    """A TrainerCallback that fails the run at train start unless the optimizer holds exactly `trainable`."""
+    from transformers import TrainerCallback
+
+    class OptimizerGuard(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, **kw):
+            held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            names = {n for n, p in model.named_parameters() if id(p) in held}
+            if names != trainable:
+                extra, missing = sorted(names - trainable), sorted(trainable - names)
+                raise LayerscoutError(f"optimizer/trainable mismatch: extra {extra[:3]}, missing {missing[:3]}")
+
+    return OptimizerGuard()
+
+
+# ---------------------------------------------------------------- outputs
+
+def _relative_updates(model, layers: list[int] | None, base_state: dict) -> dict[str, float]:
+    """||theta_k - theta_k0|| / ||theta_k0|| per trained block (the paper's weight-change measure)."""
+    import torch
+
+    from .models import layer_prefix
+
+    if layers is None:
+        return {}
+    own = dict(model.named_parameters())
+    out = {}
+    for k in layers:
+        names = [n for n in base_state if n.startswith(layer_prefix(model, k))]
+        diff = sum(float(torch.sum((own[n].detach().cpu().float() - base_state[n].float()) ** 2)) for n in names)
+        norm = sum(float(torch.sum(base_state[n].float() ** 2)) for n in names)
+        out[str(k)] = (diff / norm) ** 0.5 if norm else 0.0
+    return out
+
+
+def _record(model, task, layers, config, base_id, trainable, base_state, base_eval, final_eval, trainer,
+            timer, checkpoint, out, start) -> dict:
+    import dataclasses
+
+    from .models import num_layers
+    from .records import provenance
+
+    own = dict(model.named_parameters())
+    history = trainer.state.log_history
+    return {
+        "kind": "full" if layers is None else "layers",
+        "model": base_id, "num_layers": num_layers(model), "layers": layers,
+        "trainable_params": sum(own[n].numel() for n in trainable),
+        "task": task.name, "task_version": task.version,
+        "algo": config.loss_type, "seed": config.seed, "steps": trainer.state.global_step,
+        "base_score": base_eval["score"], "final_score": final_eval["score"],
+        "base_eval": base_eval, "final_eval": final_eval,
+        "relative_update": _relative_updates(model, layers, base_state),
+        "reward_curve": [{"step": e["step"], "reward": e["reward"]} for e in history if "reward" in e],
+        "step_seconds_median": statistics.median(timer.seconds) if timer.seconds else None,
+        "wall_seconds": round(time.perf_counter() - start, 3),
+        "resumed_from": checkpoint, "output_dir": str(out),
+        "delta": str(out / DELTA) if layers is not None else None,
+        "config": dataclasses.asdict(config), **provenance(), "log_history": history,
+    }
+
+
+def _save_outputs(model, tokenizer, layers, base_state, record, out: Path) -> None:
+    """A transformers-loadable model + tokenizer, the layer delta (single-layer runs) and the report."""
+    from .delta import save_delta
+    from .records import write_json
+
+    model.config._name_or_path = record["model"]
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if layers is not None:
+        keys = ("model", "layers", "algo", "steps", "seed", "task", "task_version", "base_score", "final_score")
+        meta = {k: record[k] for k in keys}
+        save_delta(model, list(base_state), out / DELTA, base_state=base_state,
+                   metadata={"base_model": meta.pop("model"), "blocks": meta.pop("layers"),
+                             "scores": {"base": meta.pop("base_score"), "final": meta.pop("final_score")}, **meta})
+    write_json(out / REPORT, record)
