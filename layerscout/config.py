@@ -199,6 +199,8 @@ class RLConfig:
     prompts_per_step: int = _f(8, "prompts per optimizer step; TRL's per_device_train_batch_size = "
                                   "prompts_per_step * num_generations completions")
     max_steps: int = _f(20, "optimizer steps")
+    train_prompts: int = _f(1024, "prompts drawn from the task's train split, cycled in seeded order; fixed "
+                                  "independently of max_steps so a resumed, longer run sees the same data")
     temperature: float = _f(1.0, "sampling temperature of the rollouts")
     top_p: float = _f(1.0, "nucleus sampling of the rollouts")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
@@ -220,8 +222,8 @@ class RLConfig:
             raise LayerscoutError(
                 "group-relative advantages need at least 2 generations per prompt; "
                 f"got {self.num_generations}")
-        for name in ("max_completion_length", "prompts_per_step", "max_steps", "logging_steps", "eval_prompts",
-                     "eval_samples"):
+        for name in ("max_completion_length", "prompts_per_step", "max_steps", "train_prompts", "logging_steps",
+                     "eval_prompts", "eval_samples"):
             if getattr(self, name) < 1:
                 raise LayerscoutError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.learning_rate <= 0:

@@ -242,10 +242,9 @@ def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list
     from .tasks import render_prompt
 
     data = task.load_prompts("train", config.train_prompts, config.seed)
-    eos = tokenizer.eos_token_id
-    return [(tokenizer.encode(render_prompt(tokenizer, p), add_special_tokens=False),
-             tokenizer.encode(a, add_special_tokens=False) + [eos])
-            for p, a in zip(data["prompt"], data["answer"], strict=True)]
+    prompts = tokenizer([render_prompt(tokenizer, p) for p in data["prompt"]], add_special_tokens=False)["input_ids"]
+    answers = tokenizer(list(data["answer"]), add_special_tokens=False)["input_ids"]
+    return [(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers, strict=True)]
 
 
 def _collate(examples: list[tuple[list[int], list[int]]]) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from functools import cached_property
 
 import numpy as np
@@ -56,6 +57,7 @@ class ProbeState:
         self.heldout = rollouts.select_groups(self.heldout_groups)
         self.heldout_weights = self._weights(self.heldout)
         self.cost = Cost(int(rollouts.attention_mask.sum()))
+        self._recorded: dict[int, list] = {}
 
     def _weights(self, ro: Rollouts) -> torch.Tensor:
         return sequence_weights(ro.advantages, ro.completion_mask, self.config.loss_type,
@@ -71,8 +73,8 @@ class ProbeState:
             self.bar.update(1)
 
     def _logps(self, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        return token_logps(self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).logits,
-                           ids.to(self.device))
+        out = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device), use_cache=False)
+        return token_logps(out.logits, ids.to(self.device))
 
     def sequence_logp(self, i: int) -> torch.Tensor:
         """Σ_t log p(y_it | x_i, y_i<t) of sequence i, run unpadded (batch of one)."""
@@ -96,17 +98,62 @@ class ProbeState:
             loss.backward()
             self.cost.backward(1, int(ro.attention_mask[sl].sum()))
 
-    def heldout_objective(self) -> float:
-        """Unclipped importance-weighted advantage on the held-out groups at the current weights."""
+    def heldout_objective(self, from_block: int = 0) -> float:
+        """Unclipped importance-weighted advantage on the held-out groups at the current weights.
+
+        With from_block=k, blocks below k replay the outputs recorded by the last from_block=0 call instead
+        of recomputing them: exact when only blocks >= k changed since, and it halves the lookahead's cost.
+        """
         ro, total = self.heldout, 0.0
+        frac = (self.n_layers - from_block) / self.n_layers
         with torch.no_grad():
-            for sl in self._batches(ro):
-                logps = self._logps(ro.input_ids[sl], ro.attention_mask[sl])
+            for b, sl in enumerate(self._batches(ro)):
+                if from_block == 0:
+                    with _record_outputs(self.blocks) as outputs:
+                        logps = self._logps(ro.input_ids[sl], ro.attention_mask[sl])
+                    self._recorded[b] = outputs
+                else:
+                    with _replay_outputs(self.blocks, self._recorded[b], from_block):
+                        logps = self._logps(ro.input_ids[sl], ro.attention_mask[sl])
                 total += float(surrogate_objective(logps, ro.old_logps[sl].to(self.device),
                                                    ro.completion_mask[sl].to(self.device),
                                                    self.heldout_weights[sl].to(self.device)))
-                self.cost.forward(int(ro.attention_mask[sl].sum()))
+                self.cost.forward(int(frac * ro.attention_mask[sl].sum()))
         return total
+
+
+class _Replay(torch.nn.Module):
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output
+
+
+@contextmanager
+def _record_outputs(blocks):
+    outputs: list = [None] * len(blocks)
+    hooks = [b.register_forward_hook(lambda mod, args, out, k=k: outputs.__setitem__(k, out))
+             for k, b in enumerate(blocks)]
+    try:
+        yield outputs
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@contextmanager
+def _replay_outputs(blocks, outputs, upto: int):
+    """Swap blocks 0..upto-1 for stand-ins that return their recorded outputs."""
+    saved = [blocks[j] for j in range(upto)]
+    for j in range(upto):
+        blocks[j] = _Replay(outputs[j])
+    try:
+        yield
+    finally:
+        for j, block in enumerate(saved):
+            blocks[j] = block
 
 
 def informative_groups(rollouts: Rollouts) -> list[int]:

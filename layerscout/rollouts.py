@@ -120,6 +120,7 @@ def generate(model, tokenizer, prompts: list[str], *, num_generations: int = 1, 
     """
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
+    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
     rows: list[tuple[list[int], list[int]]] = []
     per_chunk = max(1, batch_size // num_generations)
     for start in range(0, len(prompts), per_chunk):

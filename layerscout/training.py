@@ -21,22 +21,25 @@ BASE_EVAL = "base_eval.json"
 
 
 def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConfig | None = None,
-                 output_dir: str | Path = "runs/train", resume: bool = False, progress: bool = True) -> dict:
+                 output_dir: str | Path = "runs/train", resume: bool = False, progress: bool = True,
+                 callbacks: list | None = None) -> dict:
     """GRPO / Dr. GRPO on `task`, updating only decoder blocks `layers` (None = full-parameter run).
 
     `model`: a ModelSpec, hub id / path, None (default organism) or an in-memory (model, tokenizer) pair, which
-    is trained in place. `resume=True` continues from the newest `checkpoint-*` in `output_dir`. Returns the
-    run record also written to `output_dir/train_report.json`. Example:
+    is trained in place. `resume=True` continues from the newest `checkpoint-*` in `output_dir`. `callbacks`
+    are extra TrainerCallbacks (per-step measurements). Returns the run record also written to
+    `output_dir/train_report.json`. Example:
     `train_layers(None, "math", [2], RLConfig(max_steps=10), "runs/l2")["final_score"]`.
     """
     start = time.perf_counter()
     config = config or RLConfig()
     out, checkpoint = _setup_output_dir(output_dir, resume)
-    model, tokenizer, base_id = _setup_model(model)
+    model, tokenizer, base_id, in_memory = _setup_model(model)
     task = _setup_task(task)
     trainable, base_state = _setup_freeze(model, layers, config)
     base_eval = _base_eval(model, tokenizer, task, config, out)
-    trainer, timer = _setup_trainer(model, tokenizer, task, config, out, trainable, progress)
+    trainer, timer = _setup_trainer(model, tokenizer, task, config, out, trainable, in_memory, progress,
+                                    callbacks or [])
     trainer.train(resume_from_checkpoint=checkpoint)
     final_eval = _evaluate(model, tokenizer, task, config)
     record = _record(model, task, layers, config, base_id, trainable, base_state, base_eval, final_eval,
@@ -58,17 +61,15 @@ def _setup_output_dir(output_dir: str | Path, resume: bool) -> tuple[Path, str |
     return out, checkpoint if resume else None
 
 
-def _setup_model(model: Any) -> tuple[Any, Any, str]:
-    """(model, tokenizer, base id) from a spec, a path or an in-memory pair."""
-    from .models import load_model
+def _setup_model(model: Any) -> tuple[Any, Any, str, bool]:
+    """(model, tokenizer, base id, in_memory) from a spec, a path or an in-memory (model, tokenizer) pair."""
+    from .models import load_model, model_name
 
-    if isinstance(model, tuple):
-        model, tokenizer = model
-    else:
-        model, tokenizer = load_model(model)
+    in_memory = isinstance(model, tuple)
+    model, tokenizer = model if in_memory else load_model(model)
     if getattr(model, "hf_quantizer", None) is not None:
         raise LayerscoutError("the model is still flagged as quantized; load it through layerscout.load_model")
-    return model, tokenizer, str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    return model, tokenizer, model_name(model), in_memory
 
 
 def _setup_task(task: Any) -> Any:
@@ -91,11 +92,13 @@ def _setup_freeze(model, layers: list[int] | None, config: RLConfig) -> tuple[li
 
 def _base_eval(model, tokenizer, task, config: RLConfig, out: Path) -> dict:
     """The base model's held-out score; cached in the output dir so a resumed run does not re-score it."""
+    settings = {"task": task.name, "task_version": task.version, "n": config.eval_prompts, "seed": config.seed,
+                "num_samples": config.eval_samples, "max_new_tokens": config.max_completion_length}
     cached = out / BASE_EVAL
-    if cached.exists():
-        return json.loads(cached.read_text())
+    if cached.exists() and (saved := json.loads(cached.read_text())).get("settings") == settings:
+        return saved["result"]
     result = _evaluate(model, tokenizer, task, config)
-    cached.write_text(json.dumps(result, indent=2))
+    cached.write_text(json.dumps({"settings": settings, "result": result}, indent=2))
     return result
 
 
@@ -107,25 +110,26 @@ def _evaluate(model, tokenizer, task, config: RLConfig) -> dict:
                     temperature=config.temperature)
 
 
-def _setup_reference(model, out: Path) -> None:
-    """TRL builds the KL reference by reloading `config._name_or_path`; point it at this run's start weights."""
-    ref = out / "reference"
-    if not (ref / "config.json").exists():
-        model.save_pretrained(ref)
-    model.config._name_or_path = str(ref)
-
-
-def _setup_trainer(model, tokenizer, task, config: RLConfig, out: Path, trainable: list[str], progress: bool):
+def _setup_trainer(model, tokenizer, task, config: RLConfig, out: Path, trainable: list[str], in_memory: bool,
+                   progress: bool, callbacks: list):
+    """GRPOTrainer over the task's train prompts. With beta > 0, TRL builds the KL reference by reloading
+    `config._name_or_path`, so an in-memory model is first saved to out/reference (its start weights)."""
+    from transformers import PrinterCallback
     from trl import GRPOTrainer
 
-    if config.beta > 0:
-        _setup_reference(model, out)
+    name_or_path = model.config._name_or_path
+    if config.beta > 0 and in_memory:
+        if not (out / "reference" / "config.json").exists():
+            model.save_pretrained(out / "reference")
+        model.config._name_or_path = str(out / "reference")
     args = config.to_grpo_config(out, progress=progress)
     timer = step_timer()
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=[task.reward], args=args,
-                          train_dataset=task.load_prompts("train", config.max_steps * config.prompts_per_step,
-                                                          config.seed),
-                          callbacks=[optimizer_guard(set(trainable)), timer])
+                          train_dataset=task.load_prompts("train", config.train_prompts, config.seed),
+                          callbacks=[optimizer_guard(set(trainable)), timer, *callbacks])
+    model.config._name_or_path = name_or_path
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict when tqdm is off
     return trainer, timer
 
 
@@ -216,7 +220,6 @@ def _save_outputs(model, tokenizer, layers, base_state, record, out: Path) -> No
     from .delta import save_delta
     from .records import write_json
 
-    model.config._name_or_path = record["model"]
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if layers is not None:

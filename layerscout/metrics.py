@@ -1,0 +1,130 @@
+"""Ground-truth and rank metrics: the paper's layer contribution C(k) = (S_k - S_base) / (S_full - S_base) and
+how well a predicted per-layer score recovers it (Spearman, Kendall, top-1 recovered, top-k overlap, NDCG),
+with bootstrap intervals over layers and a random-ranking reference. Pure numpy/scipy/sklearn functions on
+(L,) vectors, one entry per decoder block; cost is negligible (n_boot metric calls per interval).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import numpy as np
+
+from .errors import LayerscoutError
+
+# |S_full - S_base| below this is "no improvement": C would be noise divided by ~0.
+MIN_GAIN = 1e-9
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+def layer_contribution(s_k, s_base: float, s_full: float) -> np.ndarray:
+    """C(k) = (S_k - S_base) / (S_full - S_base); s_k scalar or (L,) -> same shape, floats.
+
+    C = 1 matches full RL, C > 1 beats it, C < 0 hurts the base. Undefined unless the full run improved on
+    the base, so it raises instead of returning inf or a sign-flipped ratio.
+    Example: `layer_contribution([0.5, 0.3], s_base=0.2, s_full=0.6)` -> [0.75, 0.25].
+    """
+    gain = s_full - s_base
+    if not gain > MIN_GAIN:
+        raise LayerscoutError(f"C is undefined: the full run did not improve over the base "
+                              f"(S_full={s_full:.4g}, S_base={s_base:.4g})")
+    return (np.asarray(s_k, dtype=float) - s_base) / gain
+
+
+def spearman(pred, true) -> float:
+    """Spearman rank correlation of (L,) vectors; nan when either is constant (no ranking to compare)."""
+    from scipy.stats import spearmanr
+
+    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
+    if np.ptp(pred) == 0 or np.ptp(true) == 0:
+        return float("nan")
+    return float(spearmanr(pred, true).statistic)
+
+
+def kendall(pred, true) -> float:
+    """Kendall's tau-b of (L,) vectors; nan when either is constant."""
+    from scipy.stats import kendalltau
+
+    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
+    if np.ptp(pred) == 0 or np.ptp(true) == 0:
+        return float("nan")
+    return float(kendalltau(pred, true).statistic)
+
+
+def top_indices(scores, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first; ties go to the shallower block (as ranking.py). (L,) -> (k,)"""
+    scores = np.asarray(scores, dtype=float)
+    if not 1 <= k <= len(scores):
+        raise LayerscoutError(f"k must be in 1..{len(scores)} (the number of layers); got {k}")
+    return np.lexsort((np.arange(len(scores)), -scores))[:k]
+
+
+def top1_recovered(pred, true_c) -> float:
+    """C(predicted best layer) / max C: 1 = the prediction found the best layer; nan when max C <= 0
+    (no layer helps, so no share of the best to recover). (L,), (L,) -> float"""
+    true_c = np.asarray(true_c, dtype=float)
+    best = true_c.max()
+    if best <= 0:
+        return float("nan")
+    return float(true_c[top_indices(pred, 1)[0]] / best)
+
+
+def topk_overlap(pred, true, k: int) -> float:
+    """|top-k(pred) ∩ top-k(true)| / k, in [0, 1]. (L,), (L,) -> float"""
+    return len(set(top_indices(pred, k).tolist()) & set(top_indices(true, k).tolist())) / k
+
+
+def ndcg(pred, true, k: int) -> float:
+    """NDCG@k of ranking layers by `pred`, with gains C - min(C).
+
+    NDCG needs non-negative gains and C may be negative (a layer that hurts), so C is shifted to make the
+    worst layer's gain 0; the shift keeps the order of C and the differences between layers. (L,), (L,) -> float
+    """
+    from sklearn.metrics import ndcg_score
+
+    true = np.asarray(true, dtype=float)
+    if len(true) < 2:
+        raise LayerscoutError("NDCG needs at least 2 layers")
+    return float(ndcg_score([true - true.min()], [np.asarray(pred, dtype=float)], k=k))
+
+
+def bootstrap_ci(metric: Metric, pred, true, n: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of `metric(pred[idx], true[idx])` over `n` resamples of the layers with
+    replacement. Resamples where the metric is undefined (nan, e.g. a constant resample) are dropped;
+    (nan, nan) if none is defined. (L,), (L,) -> (low, high)"""
+    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
+    rng = np.random.default_rng(seed)
+    values = np.array([metric(pred[idx], true[idx]) for idx in rng.integers(0, len(true), (n, len(true)))])
+    return _interval(values, level)
+
+
+def random_expectation(metric: Metric, true, n: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float, float]:
+    """What a random ranking scores: the metric's mean over `n` random permutations used as predictions, and
+    the central `level` range of that distribution. (L,) -> (mean, low, high)"""
+    true = np.asarray(true, dtype=float)
+    rng = np.random.default_rng(seed)
+    values = np.array([metric(rng.permutation(len(true)).astype(float), true) for _ in range(n)])
+    finite = values[np.isfinite(values)]
+    return (float(finite.mean()) if finite.size else float("nan"), *_interval(values, level))
+
+
+def seed_spearman(c_by_seed) -> float:
+    """Mean pairwise Spearman of C across seeds: how well the ground truth agrees with itself, a ceiling for
+    any predictor. (S, L) -> float; nan with fewer than 2 seeds."""
+    rows = np.asarray(c_by_seed, dtype=float)
+    values = [spearman(a, b) for a, b in itertools.combinations(rows, 2)]
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return float(low), float(high)

@@ -1,0 +1,78 @@
+"""C(k) and rank metrics against values worked out by hand. Run: pytest tests/test_metrics.py   (< 2 s)"""
+
+import math
+
+import numpy as np
+import pytest
+
+from layerscout.errors import LayerscoutError
+from layerscout.metrics import (bootstrap_ci, kendall, layer_contribution, ndcg, random_expectation,
+                                seed_spearman, spearman, top1_recovered, topk_overlap)
+
+
+def test_layer_contribution_three_entries():
+    # (0.5-0.2)/0.4, (0.3-0.2)/0.4, (0.1-0.2)/0.4
+    np.testing.assert_allclose(layer_contribution([0.5, 0.3, 0.1], 0.2, 0.6), [0.75, 0.25, -0.25])
+    assert layer_contribution(0.6, 0.2, 0.6) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("s_full", [0.4, 0.4 + 1e-12, 0.3])
+def test_layer_contribution_undefined_without_improvement(s_full):
+    with pytest.raises(LayerscoutError, match=r"C is undefined: the full run did not improve over the base "
+                                              r"\(S_full=0\.[34].*, S_base=0\.4\)"):
+        layer_contribution([0.5], 0.4, s_full)
+
+
+def test_spearman_and_kendall():
+    # ranks of true: 1 2 4 3 -> d^2 = 2, rho = 1 - 6*2/(4*15) = 0.8; one discordant pair of 6 -> tau = 4/6
+    assert spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
+    assert kendall([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(4 / 6)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(kendall([1, 2, 3], [0, 0, 0]))
+
+
+def test_top1_recovered():
+    # predicted best is layer 1 (C = 0.5); the true best is 2.0
+    assert top1_recovered([0.1, 0.9, 0.5], [1.0, 0.5, 2.0]) == pytest.approx(0.25)
+    assert top1_recovered([0.1, 0.2, 0.9], [1.0, 0.5, 2.0]) == 1.0
+    assert math.isnan(top1_recovered([1, 2], [-0.1, -0.3]))
+    # a tie in the prediction goes to the shallower layer
+    assert top1_recovered([0.9, 0.9, 0.1], [0.5, 1.0, 0.2]) == pytest.approx(0.5)
+
+
+def test_topk_overlap():
+    # top-2 predicted {1, 2}; top-2 true {2, 0}
+    assert topk_overlap([0.1, 0.9, 0.5, 0.3], [1.0, 0.5, 2.0, 0.1], k=2) == 0.5
+    assert topk_overlap([3, 2, 1], [3, 2, 1], k=3) == 1.0
+    with pytest.raises(LayerscoutError, match="k must be in 1..3"):
+        topk_overlap([3, 2, 1], [3, 2, 1], k=4)
+
+
+def test_ndcg_shifts_negative_contributions():
+    # C = [-0.5, 0.5, 1.5] -> gains [0, 1, 2]; predicted order 0, 2, 1 -> gains 0, 2, 1
+    dcg = 0 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
+    idcg = 2 / math.log2(2) + 1 / math.log2(3) + 0 / math.log2(4)
+    assert ndcg([3, 1, 2], [-0.5, 0.5, 1.5], k=3) == pytest.approx(dcg / idcg)
+    assert ndcg([1, 2, 3], [-0.5, 0.5, 1.5], k=3) == pytest.approx(1.0)
+
+
+def test_seed_spearman_mean_of_pairs():
+    # pairs: 0.5, -1, -0.5 -> mean -1/3
+    assert seed_spearman([[1, 2, 3], [1, 3, 2], [3, 2, 1]]) == pytest.approx(-1 / 3)
+    assert math.isnan(seed_spearman([[1, 2, 3]]))
+
+
+def test_bootstrap_ci():
+    true = np.array([0.9, 0.1, 0.5, 0.7, 0.3, 0.2])
+    assert bootstrap_ci(spearman, true, true, n=200, seed=0) == pytest.approx((1.0, 1.0))
+    noisy = true + np.array([0.3, -0.2, 0.4, -0.3, 0.1, 0.0])
+    low, high = bootstrap_ci(spearman, noisy, true, n=500, seed=1)
+    assert -1 <= low < spearman(noisy, true) < high <= 1
+    assert bootstrap_ci(spearman, noisy, true, n=500, seed=1) == (low, high)
+
+
+def test_random_expectation_matches_analytic():
+    true = np.array([0.9, 0.1, 0.5, 0.7])
+    mean, low, high = random_expectation(lambda p, t: topk_overlap(p, t, 1), true, n=4000, seed=0)
+    assert mean == pytest.approx(1 / 4, abs=0.03) and (low, high) == (0.0, 1.0)
+    mean, low, high = random_expectation(spearman, true, n=4000, seed=0)
+    assert mean == pytest.approx(0.0, abs=0.05) and low < 0 < high

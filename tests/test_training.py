@@ -1,0 +1,210 @@
+"""RL runs (training.py, delta.py, export.py, RLConfig) on a tiny random 3-layer Qwen3 with 2 GRPO steps:
+only the chosen block moves, a delta rebuilds the trained model bit-for-bit, resume matches an uninterrupted run,
+configs and exports validate. Run: pytest tests/test_training.py   (about 30 s on 2 CPU cores)"""
+
+import json
+import re
+
+import pytest
+import torch
+import yaml
+
+from layerscout.config import RLConfig, from_dict
+from layerscout.delta import apply_delta, read_delta, save_delta
+from layerscout.errors import LayerscoutError
+from layerscout.export import export_ranking
+from layerscout.models import layer_prefix
+from layerscout.organisms import build_model, build_tokenizer
+from layerscout.tasks.math import MathTask
+from layerscout.training import train_layers
+
+LAYER = 1
+TINY = dict(max_steps=2, train_prompts=32, prompts_per_step=2, num_generations=2, max_completion_length=8,
+            eval_prompts=4, save_steps=1, learning_rate=1e-3)
+
+
+class DigitTask(MathTask):
+    """Math prompts, but the reward is the share of digits in the completion: a random model never answers
+    right, so the real reward gives all-zero advantages and nothing would move."""
+
+    def score(self, text, answer):
+        return sum(c.isdigit() for c in text) / max(1, len(text))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_tokenizer()
+
+
+def fresh(tok, layers=3, seed=0):
+    return build_model("qwen3", layers, len(tok), seed=seed, hidden_size=32)
+
+
+def train(tok, out, layers=(LAYER,), model=None, resume=False, **cfg):
+    model = model or fresh(tok)
+    record = train_layers((model, tok), DigitTask(), None if layers is None else list(layers),
+                          RLConfig(**{**TINY, **cfg}), out, resume=resume, progress=False)
+    return model, record
+
+
+@pytest.fixture(scope="module")
+def run(tok, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    model, record = train(tok, out)
+    return model, record, out
+
+
+def test_only_the_chosen_block_changes(tok, run):
+    model, _, _ = run
+    base, trained = fresh(tok).state_dict(), model.state_dict()
+    prefix = layer_prefix(model, LAYER)
+    for name, tensor in trained.items():
+        if name.startswith(prefix):
+            assert not torch.equal(tensor, base[name]), f"{name} did not move"
+        else:
+            assert torch.equal(tensor, base[name]), f"{name} moved"
+    assert "model.embed_tokens.weight" in trained and "lm_head.weight" in trained
+
+
+def test_run_leaves_model_delta_and_report(tok, run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, record, out = run
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    assert AutoTokenizer.from_pretrained(out).chat_template == tok.chat_template
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["layers"] == [LAYER] and report["steps"] == 2 and report["algo"] == "grpo"
+    assert [p["step"] for p in report["reward_curve"]] == [1, 2]
+    assert 0 <= report["base_score"] <= 1 and 0 <= report["final_score"] <= 1
+    assert report["relative_update"][str(LAYER)] > 0 and report["versions"]["trl"]
+    tensors, meta = read_delta(out / "layer_delta.safetensors")
+    block = {n for n, _ in model.named_parameters() if n.startswith(layer_prefix(model, LAYER))}
+    assert set(tensors) == block
+    assert meta["blocks"] == [LAYER] and meta["algo"] == "grpo" and meta["steps"] == 2 and meta["seed"] == 0
+    assert meta["scores"] == {"base": record["base_score"], "final": record["final_score"]}
+    assert meta["num_layers"] == 3 and meta["base_fingerprint"]
+
+
+def test_apply_delta_rebuilds_the_trained_model_exactly(tok, run):
+    model, _, out = run
+    rebuilt = apply_delta(fresh(tok), out / "layer_delta.safetensors").state_dict()
+    assert all(torch.equal(v, rebuilt[k]) for k, v in model.state_dict().items())
+
+
+def test_apply_delta_rejects_another_base(tok, run):
+    _, _, out = run
+    with pytest.raises(LayerscoutError, match="different base weights"):
+        apply_delta(fresh(tok, seed=1), out / "layer_delta.safetensors")
+    with pytest.raises(LayerscoutError, match="3-layer model"):
+        apply_delta(fresh(tok, layers=4), out / "layer_delta.safetensors")
+    with pytest.raises(LayerscoutError, match="no such delta"):
+        apply_delta(fresh(tok), out / "missing.safetensors")
+
+
+def test_save_delta_by_layer_index(tok, tmp_path):
+    model = fresh(tok)
+    path = save_delta(model, [2], tmp_path / "d.safetensors", metadata={"algo": "grpo"})
+    tensors, meta = read_delta(path)
+    assert set(tensors) == {n for n, _ in model.named_parameters() if n.startswith("model.layers.2.")}
+    assert meta["algo"] == "grpo"
+    with pytest.raises(LayerscoutError, match="out of range"):
+        save_delta(model, [3], tmp_path / "e.safetensors")
+
+
+def test_resume_matches_an_uninterrupted_run(tok, run, tmp_path):
+    model, _, _ = run
+    train(tok, tmp_path, max_steps=1)  # "killed" after step 1, checkpoint-1 on disk
+    resumed, record = train(tok, tmp_path, resume=True)  # max_steps=2
+    assert record["resumed_from"].endswith("checkpoint-1") and record["steps"] == 2
+    assert [p["step"] for p in record["reward_curve"]] == [1, 2]
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_existing_run_needs_resume(tok, run):
+    with pytest.raises(LayerscoutError, match="already holds a run"):
+        train(tok, run[2])
+
+
+def test_kl_reference_of_an_in_memory_model(tok, tmp_path):
+    model = fresh(tok)
+    model.config._name_or_path = "not/a/loadable/path"
+    _, record = train(tok, tmp_path, model=model, beta=0.1, max_steps=1, save_steps=0)
+    assert (tmp_path / "reference" / "config.json").exists() and record["steps"] == 1
+    assert model.config._name_or_path == "not/a/loadable/path"
+
+
+def test_bad_layer_fails_before_training(tok, tmp_path):
+    with pytest.raises(LayerscoutError, match="out of range"):
+        train(tok, tmp_path, layers=[3])
+
+
+# ---------------------------------------------------------------- RLConfig
+
+def test_dr_grpo_turns_off_std_scaling():
+    dr, grpo = RLConfig(loss_type="dr_grpo").to_grpo_config("o"), RLConfig().to_grpo_config("o")
+    assert dr.loss_type == "dr_grpo" and dr.scale_rewards == "none"
+    assert grpo.loss_type == "grpo" and grpo.scale_rewards == "group"
+
+
+def test_grpo_config_is_cpu_safe():
+    args = RLConfig(prompts_per_step=3, num_generations=4).to_grpo_config("o")
+    if not torch.cuda.is_available():
+        assert args.use_cpu and not args.bf16
+    assert not args.activation_checkpointing and not args.gradient_checkpointing
+    assert args.lr_scheduler_type == "constant" and args.report_to in ([], "none", ["none"])
+    assert args.per_device_train_batch_size == 12 and args.beta == 0.0
+
+
+def test_config_errors():
+    with pytest.raises(LayerscoutError, match="^group-relative advantages need at least 2 generations per prompt; "
+                                              "got 1$"):
+        RLConfig(num_generations=1)
+    with pytest.raises(LayerscoutError, match="grpo, dr_grpo"):
+        RLConfig(loss_type="dapo")
+    with pytest.raises(LayerscoutError, match="max_steps expects int"):
+        from_dict(RLConfig, {"max_steps": "ten"}, "rl.yaml")
+    assert all(f.metadata.get("help") for f in RLConfig.__dataclass_fields__.values())
+
+
+# ---------------------------------------------------------------- export
+
+def _ranking(order):
+    return {"model": "tiny", "top_layer": order[0],
+            "layers": [{"index": k, "score": 1.0 - r / 10, "rank": r + 1, "signals": {}} for r, k in enumerate(order)]}
+
+
+def test_axolotl_export_matches_exactly_the_top_blocks(tok):
+    model = fresh(tok)
+    text = export_ranking(_ranking([2, 0, 1]), model, "axolotl", top_k=2)
+    patterns = yaml.safe_load(text)["unfrozen_parameters"]
+    assert patterns == [r"^model\.layers\.2\..*", r"^model\.layers\.0\..*"]
+    hit = {n for n, _ in model.named_parameters() if any(re.match(p, n) for p in patterns)}
+    assert hit == {n for n, _ in model.named_parameters() if n.startswith(("model.layers.2.", "model.layers.0."))}
+
+
+def test_peft_export_names_real_modules(tok):
+    model = fresh(tok)
+    text = export_ranking(_ranking([1, 0, 2]), model, "peft", top_k=2)
+    assert "layers_to_transform=[1, 0]" in text and "layers_pattern='layers'" in text
+    targets = eval(re.search(r"target_modules=(\[.*?\])", text)[1])
+    leaves = {n.rsplit(".", 1)[-1] for n, _ in model.model.layers[1].named_modules()}
+    assert targets and set(targets) <= leaves and "q_proj" in targets
+
+
+def test_trl_export_freezes_all_but_the_top_blocks(tok):
+    model = fresh(tok)
+    code = export_ranking(_ranking([2, 1, 0]), model, "trl", top_k=1)
+    exec(code, {"model": model, "GRPOTrainer": lambda **kw: None, "GRPOConfig": lambda *a: None})
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == \
+        {n for n, _ in model.named_parameters() if n.startswith("model.layers.2.")}
+
+
+def test_export_errors(tok):
+    model = fresh(tok)
+    with pytest.raises(LayerscoutError, match="between 1 and the model's 3 layers"):
+        export_ranking(_ranking([2, 0, 1]), model, "axolotl", top_k=4)
+    with pytest.raises(LayerscoutError, match="Unknown export format 'lisa'"):
+        export_ranking(_ranking([2, 0, 1]), model, "lisa", top_k=1)
+    with pytest.raises(LayerscoutError, match="names layer 7"):
+        export_ranking(_ranking([7, 0, 1]), model, "trl", top_k=1)
