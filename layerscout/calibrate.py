@@ -25,7 +25,7 @@ from .records import write_json
 MANIFEST = "sweep.json"
 SUMMARY = "contributions.json"
 # Fields that change what a run produces: a sweep dir refuses a config that differs in any of them.
-IDENTITY = ("model", "task", "algo", "steps", "rl")
+IDENTITY = ("model", "task", "task_options", "algo", "steps", "rl")
 # The command that runs exactly job j of n (the manifest carries the config).
 JOB_COMMAND = "python -m layerscout.calibrate {manifest} --shard {j}/{n}"
 RECORD_KEYS = ("job", "seed", "layers", "base_score", "final_score")
@@ -38,6 +38,7 @@ class CalibrationConfig:
 
     model: str | None = _f(None, "hub id, local model dir or .gguf file; None = the default organism")
     task: str = _f("math", "probe recipe name or YAML path: its task, options and metadata.version")
+    task_options: dict[str, Any] = _f({}, "override the recipe's task_options, e.g. {dataset: openai/gsm8k}")
     algo: str = _f("grpo", "loss_type of every run: grpo | dr_grpo")
     layers: str = _f("all", "blocks to scan, one single-block run each: all, 0,4,8, 0-4, ::3")
     seeds: list[int] = _f([0, 1], "seeds; each gets one full run and one run per scanned block")
@@ -75,10 +76,13 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> CalibrationConfi
 def jobs(config: CalibrationConfig) -> list[dict]:
     """Every run of the sweep, seed-major (full run, then each block), each with its record path and the shell
     command that runs exactly it (for Slurm, Ray or any scheduler). Writes DIR/sweep.json, which those
-    commands read; a dir holding a sweep that differs in model, task, algo, steps or rl is refused.
+    commands read; a dir holding a sweep whose runs would differ (any IDENTITY field) is refused. The task
+    and its options are checked here, so a bad one fails before any job starts.
     Example: `[j["command"] for j in jobs(CalibrationConfig(layers="0,4"))]`."""
     from .models import parse_layers
+    from .recipes import build_task
 
+    build_task(_recipe(config))
     out = Path(config.output)
     n_layers = _depth(config.model)
     runs = [("full", None)] + [(f"layer-{k}", [k]) for k in parse_layers(config.layers, n_layers)]
@@ -182,10 +186,10 @@ def _import_ray():
 def run_job(config: CalibrationConfig, job: dict, progress: bool = True) -> dict:
     """One run, then its record, written atomically to job["record"]. Starts from a clean scratch dir: a
     killed run left no record, only scratch that is safe to overwrite."""
-    from .recipes import build_task, load_recipe
+    from .recipes import build_task
     from .training import train_layers
 
-    recipe = load_recipe(config.task)
+    recipe = _recipe(config)
     scratch = Path(config.output) / "scratch" / str(job["seed"]) / job["name"]
     shutil.rmtree(scratch, ignore_errors=True)
     run = train_layers(config.model, build_task(recipe), job["layers"], config.rl_config(job["seed"]), scratch,
@@ -198,6 +202,13 @@ def run_job(config: CalibrationConfig, job: dict, progress: bool = True) -> dict
     if not config.keep_runs:
         shutil.rmtree(scratch)
     return record
+
+
+def _recipe(config: CalibrationConfig):
+    """The probe recipe `config.task` with `config.task_options` applied: the same task `layerscout rank` uses."""
+    from .recipes import load_recipe
+
+    return load_recipe(config.task, [f"task_options.{k}={json.dumps(v)}" for k, v in config.task_options.items()])
 
 
 # ---------------------------------------------------------------- merge
@@ -288,11 +299,12 @@ def contributions(records: list[dict], planned: list[dict]) -> dict:
             "per_seed": per_seed,
             "score": {str(r["seed"]): r["final_score"] for r in records if r["layers"] == [k]},
         })
-    complete = [[c[s][k] for k in blocks] for s in c if all(k in c[s] for k in blocks)]
-    agreement = seed_spearman(complete) if len(complete) > 1 else float("nan")
+    common = [k for k in blocks if all(k in c[s] for s in c)]  # blocks every defined seed has a C for
+    agreement = seed_spearman([[c[s][k] for k in common] for s in c])
     first = records[0] if records else {}
     return {
-        "model": first.get("model"), "task": first.get("task"), "task_version": first.get("task_version"),
+        "model": first.get("model"), "task": first.get("task"),
+        "task_versions": sorted({r["task_version"] for r in records if "task_version" in r}),
         "algo": first.get("algo"), "n_layers": first.get("num_layers"), "steps": first.get("steps"),
         "seeds": seeds, "s_base": s_base, "s_full": s_full, "undefined_seeds": undefined,
         "layers": layers, "seed_spearman": agreement if np.isfinite(agreement) else None,

@@ -51,6 +51,20 @@ def _model_options(f):
     return f
 
 
+def _dataset_options(f):
+    f = click.option("--answer-column", help="answer column of --dataset (default: answer)")(f)
+    f = click.option("--question-column", help="question column of --dataset (default: question)")(f)
+    f = click.option("--dataset", help="hub dataset id (e.g. openai/gsm8k) or local .jsonl/.json/.parquet/.csv "
+                                       "instead of the recipe's generator")(f)
+    return f
+
+
+def _dataset_overrides(dataset, question_column, answer_column) -> list[str]:
+    pairs = {"dataset": dataset, "source": "dataset" if dataset else None, "question_column": question_column,
+             "answer_column": answer_column}
+    return [f"task_options.{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
+
+
 # ---------------------------------------------------------------- rank
 
 @cli.command(epilog="""Examples:
@@ -66,17 +80,20 @@ def _model_options(f):
 @click.option("--probe", "probe_file", type=click.Path(dir_okay=False), help="probe recipe YAML (overrides --task)")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a recipe field, e.g. -o num_prompts=16 -o task_options.generator=chain_sum")
+@_dataset_options
 @click.option("--seed", type=int, help="probe seed (same seed, same ranking on CPU)")
 @_model_options
 @click.option("--json", "as_json", is_flag=True, help="print the ranking as JSON on stdout")
 @click.option("--output", type=click.Path(dir_okay=False), help="write the ranking JSON here")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def rank(model, task, probe_file, overrides, seed, device, dtype, as_json, output, quiet):
+def rank(model, task, probe_file, overrides, dataset, question_column, answer_column, seed, device, dtype, as_json,
+         output, quiet):
     """Run a short RL probe on MODEL and rank its decoder layers for single-layer RL."""
     from .probe import rank_layers
     from .records import write_json
 
-    ranking = rank_layers(model, probe_file or task, overrides=list(overrides), seed=seed, device=device,
+    overrides = list(overrides) + _dataset_overrides(dataset, question_column, answer_column)
+    ranking = rank_layers(model, probe_file or task, overrides=overrides, seed=seed, device=device,
                           dtype=dtype, progress=not quiet)
     data = ranking.to_dict()
     if output:
@@ -97,6 +114,150 @@ def _print_ranking(data: dict) -> None:
     click.echo(f"top layer: {data['top_layer']}  |  mean reward {r['mean_reward']:.2f}, "
                f"{r['informative_groups']}/{r['prompts']} groups informative  |  {c['seconds']:.1f} s, "
                f"{c['generated_tokens']} generated tokens, {c['forward_backward_passes']} fwd+bwd passes")
+
+
+# ---------------------------------------------------------------- RL runs
+
+def _rl_config(config_file, overrides, **fields):
+    """RLConfig from an optional YAML file, then -o KEY=VALUE overrides, then explicit flags."""
+    from .config import RLConfig, apply_overrides, from_dict, load_yaml
+
+    data = load_yaml(config_file) if config_file else {}
+    data = apply_overrides(data, list(overrides))
+    data.update({k: v for k, v in fields.items() if v is not None})
+    return from_dict(RLConfig, data, source=config_file or "options")
+
+
+def _writable_dir(path: str) -> str:
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LayerscoutError(f"cannot create output dir {p}: {e.strerror}") from None
+    if not os.access(p, os.W_OK):
+        raise LayerscoutError(f"output dir {p} is not writable")
+    return path
+
+
+@cli.command(epilog="""Examples:
+
+\b
+  layerscout train --task math --auto-layer --top-k 2 --steps 20 --output runs/auto
+  layerscout train Qwen/Qwen3-4B --task math --auto-layer --ranking ranking.json --output runs/q4
+  layerscout train --task math --layers 3,4 --output runs/l34
+  layerscout train --task math --full --algo dr_grpo --output runs/full --resume
+""")
+@click.argument("model", required=False)
+@click.option("--task", default="math", show_default=True)
+@click.option("--auto-layer", is_flag=True, help="train the top-k blocks of a ranking (probed now, or --ranking)")
+@click.option("--top-k", type=int, default=1, show_default=True, help="with --auto-layer: how many blocks")
+@click.option("--ranking", "ranking_file", type=click.Path(dir_okay=False), help="with --auto-layer: ranking JSON")
+@click.option("--layers", help="explicit blocks: 12,13 | 0-4 | ::3")
+@click.option("--full", is_flag=True, help="full-parameter RL (the C(k) reference run)")
+@click.option("--algo", type=click.Choice(["grpo", "dr_grpo"]), help="loss type (default grpo)")
+@click.option("--steps", type=int, help="optimizer steps (RLConfig.max_steps)")
+@click.option("--seed", type=int)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="RLConfig YAML")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="RLConfig field")
+@_model_options
+@click.option("--output", required=True, type=click.Path(file_okay=False))
+@click.option("--resume", is_flag=True, help="continue a killed run from its last checkpoint")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def train(model, task, auto_layer, top_k, ranking_file, layers, full, algo, steps, seed, config_file, overrides,
+          device, dtype, output, resume, as_json, quiet):
+    """RL-train only the chosen decoder blocks (GRPO / Dr. GRPO via TRL), scoring held-out before and after."""
+    chosen = [flag for flag, on in (("--auto-layer", auto_layer), ("--layers", layers), ("--full", full)) if on]
+    if len(chosen) != 1:
+        raise LayerscoutError("choose exactly one of --auto-layer, --layers, --full"
+                              + (f" (got {' and '.join(chosen)})" if chosen else ""))
+    if not auto_layer and (ranking_file or top_k != 1):
+        raise LayerscoutError("--ranking and --top-k only apply with --auto-layer")
+    if top_k < 1:
+        raise LayerscoutError(f"--top-k must be >= 1; got {top_k}")
+    cfg = _rl_config(config_file, overrides, loss_type=algo, max_steps=steps, seed=seed)
+    _writable_dir(output)
+    if auto_layer:
+        from .autolayer import train_auto
+
+        record = train_auto(model, task, top_k=top_k, ranking=ranking_file, config=cfg, output_dir=output,
+                            resume=resume, seed=seed, device=device, dtype=dtype, progress=not quiet)
+    else:
+        from .config import ModelSpec
+        from .models import load_model, num_layers, parse_layers
+        from .recipes import build_task, load_recipe
+        from .training import train_layers
+
+        pair = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+        picked = None if full else parse_layers(layers, num_layers(pair[0]))
+        record = train_layers(pair, build_task(load_recipe(task)), picked, cfg, output, resume=resume,
+                              progress=not quiet)
+    _emit(record, as_json, lambda: _print_run(record, output))
+
+
+def _print_run(record: dict, output: str) -> None:
+    base, final = record.get("base_score"), record.get("final_score")
+    click.echo(f"trained blocks {record.get('layers') or 'all'} for {record.get('steps')} steps "
+               f"({record.get('algo')}): held-out {base:.3f} -> {final:.3f}; wrote {output}")
+
+
+@cli.command("eval", epilog="Example:\n\n  layerscout eval runs/auto --task math --json")
+@click.argument("model", required=False)
+@click.option("--task", default="math", show_default=True)
+@click.option("-n", "n", type=int, default=64, show_default=True, help="held-out prompts")
+@click.option("--samples", type=int, default=1, show_default=True, help="completions per prompt (1 = greedy)")
+@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@_model_options
+@click.option("--json", "as_json", is_flag=True)
+def eval_cmd(model, task, n, samples, max_new_tokens, seed, device, dtype, as_json):
+    """Held-out score of MODEL on a task (accuracy / pass rate)."""
+    from .config import ModelSpec
+    from .evaluate import evaluate
+    from .models import load_model, model_name
+    from .recipes import build_task, load_recipe
+
+    m, tok = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+    result = {"model": model_name(m), "task": task,
+              **evaluate(m, tok, build_task(load_recipe(task)), n=n, seed=seed, num_samples=samples,
+                         max_new_tokens=max_new_tokens)}
+    _emit(result, as_json, lambda: click.echo(f"{result['model']} on {task}: score {result['score']:.3f} "
+                                              f"over {result['n']} held-out prompts"))
+
+
+@cli.command("apply", epilog="Example:\n\n  layerscout apply Qwen/Qwen3-4B runs/q4/layer_delta.safetensors --output q4-rl")
+@click.argument("base", required=False)
+@click.argument("delta", type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", required=True, type=click.Path(file_okay=False))
+def apply_cmd(base, delta, output):
+    """Rebuild a trained model from its BASE and a layer delta (only the trained blocks' tensors)."""
+    from .delta import apply_delta
+    from .models import load_model
+
+    _writable_dir(output)
+    m, tok = load_model(base)
+    apply_delta(m, delta).save_pretrained(output)
+    tok.save_pretrained(output)
+    click.echo(f"wrote {output}")
+
+
+@cli.command(epilog="Example:\n\n  layerscout export ranking.json --format axolotl --top-k 3")
+@click.argument("ranking_file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["axolotl", "peft", "trl"]), required=True)
+@click.option("--top-k", type=int, default=1, show_default=True)
+@click.option("--model", help="model to read parameter paths from (default: the ranking's model)")
+def export(ranking_file, fmt, top_k, model):
+    """Write the config that trains only the top-k blocks in axolotl, PEFT or plain TRL."""
+    from .export import export_ranking
+    from .models import load_model
+    from .ranking import LayerRanking
+
+    ranking = LayerRanking.load(ranking_file).to_dict()
+    m, _ = load_model(model or ranking["model"])
+    click.echo(export_ranking(ranking, m, fmt, top_k), nl=False)
 
 
 # ---------------------------------------------------------------- organisms

@@ -10,14 +10,12 @@ import pytest
 os.environ.setdefault("LAYERSCOUT_CACHE", str(Path(__file__).resolve().parent.parent / ".cache"))
 
 
-TEST_ORGANISM = dict(arch="qwen3", num_layers=4, hidden_size=64, seed=0)
-
-
 @pytest.fixture(scope="session")
 def organism_path() -> Path:
-    from layerscout.organisms import OrganismConfig, default_organism_path
+    """The embedded default organism (8-layer Qwen3, SFT'd to partial accuracy): built once, then cached."""
+    from layerscout.organisms import default_organism_path
 
-    return default_organism_path(OrganismConfig(**TEST_ORGANISM), progress=False)
+    return default_organism_path(progress=False)
 
 
 @pytest.fixture

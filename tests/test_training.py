@@ -16,7 +16,7 @@ from layerscout.export import export_ranking
 from layerscout.models import layer_prefix
 from layerscout.organisms import build_model, build_tokenizer
 from layerscout.tasks.math import MathTask
-from layerscout.training import train_layers
+from layerscout.training import optimizer_guard, train_layers
 
 LAYER = 1
 TINY = dict(max_steps=2, train_prompts=32, prompts_per_step=2, num_generations=2, max_completion_length=8,
@@ -126,12 +126,22 @@ def test_existing_run_needs_resume(tok, run):
         train(tok, run[2])
 
 
-def test_kl_reference_of_an_in_memory_model(tok, tmp_path):
+def test_dr_grpo_with_kl_on_an_in_memory_model(tok, tmp_path):
+    """beta > 0 makes TRL reload the reference from config._name_or_path: the run saves the start weights."""
     model = fresh(tok)
     model.config._name_or_path = "not/a/loadable/path"
-    _, record = train(tok, tmp_path, model=model, beta=0.1, max_steps=1, save_steps=0)
+    _, record = train(tok, tmp_path, model=model, beta=0.1, loss_type="dr_grpo", max_steps=1, save_steps=0)
     assert (tmp_path / "reference" / "config.json").exists() and record["steps"] == 1
+    assert record["algo"] == "dr_grpo" and record["config"]["beta"] == 0.1
     assert model.config._name_or_path == "not/a/loadable/path"
+
+
+def test_optimizer_guard_rejects_frozen_tensors_in_the_optimizer(tok):
+    model = fresh(tok)
+    trainable = {n for n, _ in model.named_parameters() if n.startswith("model.layers.1.")}
+    optimizer = torch.optim.AdamW(model.parameters())  # holds frozen tensors too
+    with pytest.raises(LayerscoutError, match="optimizer/trainable mismatch"):
+        optimizer_guard(trainable).on_train_begin(None, None, None, model=model, optimizer=optimizer)
 
 
 def test_bad_layer_fails_before_training(tok, tmp_path):

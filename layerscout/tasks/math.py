@@ -24,7 +24,7 @@ from .base import HELDOUT_FRACTION, Task, sample_split, unique_of_split
 SOURCES = ("reasoning_gym", "dataset")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 DEFAULT_GENERATOR_CONFIGS = {
-    "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ["+", "-"]},
+    "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+", "-"]},
 }
 # A number, with a leading minus only where it cannot be a binary operator ("12-5" ends in 5, "= -5" in -5).
 _NUMBER = re.compile(r"(?:(?<![\w.)])-)?\d[\d,]*(?:\.\d+)?")

@@ -1,0 +1,314 @@
+"""Validation report: how well predicted layer rankings recover the ground-truth C(k) of a calibration sweep,
+next to free baselines (depth priors, each probe signal alone, a random ranking), with bootstrap intervals
+over layers; and `compare`, the agreement of C across sweeps (seeds, tasks, algorithms). Writes Markdown, a
+self-contained HTML page, JSON and matplotlib PNGs. Cost: n_boot metric calls per cell, seconds in all.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import re
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LayerscoutError
+from .ranking import LayerRanking
+from .records import write_json
+
+METRICS = ("spearman", "kendall", "top1_recovered", "topk_overlap", "ndcg")
+
+
+def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: int = 3, n_boot: int = 1000,
+             seed: int = 0) -> dict:
+    """Score each ranking (a LayerRanking or a path to its JSON) and the baselines against `truth_dir`'s C(k).
+
+    Only blocks with a defined C are compared; missing runs and undefined seeds are listed, not fatal. A
+    ranking for another model or depth is an error; one made under another task version is marked stale.
+    Writes report.md, report.html, report.json and PNGs to `output_dir`; returns report.json's content.
+    Example: `validate(["ranking.json"], "calibration/runs/qwen3-L8", "reports/qwen3-L8")["rows"][0]`.
+    """
+    from .calibrate import summarize
+
+    truth = summarize(truth_dir, write=False)
+    blocks = [x["index"] for x in truth["layers"] if x["contribution"] is not None]
+    if len(blocks) < 2:
+        raise LayerscoutError(f"{truth_dir}: C is defined for {len(blocks)} block(s); need at least 2 to rank "
+                              f"(missing: {len(truth['missing'])} runs, undefined seeds: {truth['undefined_seeds']})")
+    named = _named_rankings(rankings)
+    for name, ranking in named:
+        _check_same_model(name, ranking, truth, truth_dir)
+    if not 1 <= k <= len(blocks):
+        raise LayerscoutError(f"k must be in 1..{len(blocks)} (blocks with a defined C); got {k}")
+    true_c = np.array([x["contribution"] for x in truth["layers"] if x["contribution"] is not None])
+    metrics = _metrics(k)
+    score = partial(_score_row, true_c=true_c, metrics=metrics, n_boot=n_boot, seed=seed)
+
+    rows = [score(name, "ranking", _vector(r, blocks, lambda s: s.score), note=_stale(r, truth))
+            for name, r in named]
+    rows += [score(name, "baseline", pred) for name, pred in _priors(truth["n_layers"], blocks)]
+    for name, r in named:
+        for signal in sorted(r.layers[0].signals):
+            sign = -1.0 if not _higher_is_better(signal) else 1.0
+            rows.append(score(f"{signal} ({name})", "signal",
+                              sign * _vector(r, blocks, lambda s, n=signal: s.signals[n])))
+    rows.append(_random_row(true_c, metrics, n_boot, seed))
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = [p for name, r in named for p in _plots(name, r, blocks, truth, out)]
+    report = {"truth": {key: truth[key] for key in ("directory", "model", "task", "task_versions", "algo",
+                                                    "n_layers", "seeds", "s_base", "s_full", "undefined_seeds",
+                                                    "seed_spearman", "missing")},
+              "blocks": blocks, "true_contribution": true_c.tolist(), "k": k, "n_boot": n_boot, "seed": seed,
+              "rows": rows, "plots": [p.name for p in plots]}
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(_markdown(report))
+    (out / "report.html").write_text(_html(report, plots))
+    return report
+
+
+def compare(truth_dirs: list[str | Path], output_dir: str | Path = ".") -> dict:
+    """Spearman of C between every pair of sweeps (e.g. two seeds' dirs, math vs code, GRPO vs Dr. GRPO), over
+    the blocks where both define C: how far the ground truth agrees with itself. Same depth required.
+    Writes compare.json and compare.md to `output_dir`. Example: `compare(["cal/math", "cal/code"])["matrix"]`."""
+    from .calibrate import summarize
+
+    if len(truth_dirs) < 2:
+        raise LayerscoutError("compare needs at least 2 calibration dirs")
+    summaries = [summarize(d, write=False) for d in truth_dirs]
+    for (d1, s1), (d2, s2) in itertools.combinations(zip(truth_dirs, summaries), 2):
+        if s1["n_layers"] != s2["n_layers"]:
+            raise LayerscoutError(f"{d1} has {s1['n_layers']} layers but {d2} has {s2['n_layers']}: "
+                                  f"C is only comparable at the same depth")
+    c = [{x["index"]: x["contribution"] for x in s["layers"] if x["contribution"] is not None} for s in summaries]
+    matrix = [[_common_spearman(a, b) for b in c] for a in c]
+    labels = _unique_labels([Path(d) for d in truth_dirs])
+    result = {"dirs": [str(d) for d in truth_dirs], "labels": labels,
+              "matrix": [[_json_float(v) for v in row] for row in matrix],
+              "blocks": [sorted(x) for x in c]}
+    out = Path(output_dir)
+    write_json(out / "compare.json", result)
+    head = "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
+    body = "".join(f"| {label} | " + " | ".join(_fmt(v) for v in row) + " |\n" for label, row in zip(labels, matrix))
+    (out / "compare.md").write_text(f"# Agreement of C(k) across sweeps (Spearman)\n\n{head}{body}")
+    return result
+
+
+# ---------------------------------------------------------------- inputs
+
+def _named_rankings(rankings: list) -> list[tuple[str, LayerRanking]]:
+    if not rankings:
+        raise LayerscoutError("validate needs at least one ranking")
+    loaded = [r if isinstance(r, LayerRanking) else LayerRanking.load(r) for r in rankings]
+    stems = [Path(r).stem if not isinstance(r, LayerRanking) else f"ranking{i}" for i, r in enumerate(rankings)]
+    names = [s if stems.count(s) == 1 else f"{s}-{i}" for i, s in enumerate(stems)]
+    return list(zip(names, loaded))
+
+
+def _check_same_model(name: str, ranking: LayerRanking, truth: dict, truth_dir) -> None:
+    """Same depth, and the same model by path or by its last path part (hub id vs. a local copy of it)."""
+    if len(ranking.layers) != truth["n_layers"] or Path(ranking.model).name != Path(truth["model"]).name:
+        raise LayerscoutError(
+            f"ranking {name} is for {ranking.model} ({len(ranking.layers)} layers) but the truth in {truth_dir} "
+            f"is for {truth['model']} ({truth['n_layers']} layers)")
+
+
+def _stale(ranking: LayerRanking, truth: dict) -> str | None:
+    """A note when the ranking's task version differs from the versions the truth rows were recorded under."""
+    version = ranking.config.get("task_version")
+    old = [v for v in truth["task_versions"] if v != version]
+    if version is None or not old:
+        return None
+    return f"stale: ranking made under task version {version}, truth rows recorded under {old}"
+
+
+def _vector(ranking: LayerRanking, blocks: list[int], value) -> np.ndarray:
+    by_index = {s.index: s for s in ranking.layers}
+    return np.array([value(by_index[k]) for k in blocks], dtype=float)
+
+
+def _priors(n_layers: int, blocks: list[int]) -> list[tuple[str, np.ndarray]]:
+    """Free rankings: the middle of the stack (the study's best blocks sit at 37-59 % depth) and shallower-first."""
+    from .signals.baselines import depth_prior
+
+    return [("depth prior (middle)", depth_prior(n_layers)[blocks]),
+            ("shallower first", -np.asarray(blocks, dtype=float))]
+
+
+def _higher_is_better(signal: str) -> bool:
+    from .signals import SIGNALS
+
+    return SIGNALS[signal].higher_is_better if signal in SIGNALS else True
+
+
+# ---------------------------------------------------------------- scoring
+
+def _metrics(k: int) -> dict:
+    from . import metrics as m
+
+    return {"spearman": m.spearman, "kendall": m.kendall, "top1_recovered": m.top1_recovered,
+            "topk_overlap": partial(m.topk_overlap, k=k), "ndcg": partial(m.ndcg, k=k)}
+
+
+def _score_row(name: str, kind: str, pred: np.ndarray, true_c: np.ndarray, metrics: dict, n_boot: int, seed: int,
+               note: str | None = None) -> dict:
+    from .metrics import bootstrap_ci
+
+    cells = {}
+    for metric, fn in metrics.items():
+        low, high = bootstrap_ci(fn, pred, true_c, n=n_boot, seed=seed)
+        cells[metric] = {"value": _json_float(fn(pred, true_c)), "low": _json_float(low), "high": _json_float(high)}
+    return {"name": name, "kind": kind, "prediction": pred.tolist(), "metrics": cells, "note": note}
+
+
+def _random_row(true_c: np.ndarray, metrics: dict, n_boot: int, seed: int) -> dict:
+    """A random ranking's expected score; its interval is the spread of random rankings, not a bootstrap."""
+    from .metrics import random_expectation
+
+    cells = {}
+    for metric, fn in metrics.items():
+        mean, low, high = random_expectation(fn, true_c, n=n_boot, seed=seed)
+        cells[metric] = {"value": _json_float(mean), "low": _json_float(low), "high": _json_float(high)}
+    return {"name": "random ranking (expectation)", "kind": "random", "prediction": None, "metrics": cells,
+            "note": "interval: central 95 % of random rankings"}
+
+
+def _json_float(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+# ---------------------------------------------------------------- plots
+
+def _plots(name: str, ranking: LayerRanking, blocks: list[int], truth: dict, out: Path) -> list[Path]:
+    """Per ranking: per-layer bars of true C and the predicted score, C vs score scatter, rank vs rank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import rankdata
+
+    by_index = {x["index"]: x for x in truth["layers"]}
+    c = np.array([by_index[k]["contribution"] for k in blocks])
+    spread = np.array([by_index[k]["spread"] or 0.0 for k in blocks])
+    pred = _vector(ranking, blocks, lambda s: s.score)
+    stem = re.sub(r"[^\w.-]", "_", name)
+    paths = []
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    top.bar(blocks, c, yerr=spread, color="tab:blue", capsize=2)
+    top.axhline(1.0, color="grey", lw=0.8, ls="--")
+    top.set_ylabel("true C(k)")
+    top.set_title(f"{name}: true contribution vs predicted score per layer")
+    bottom.bar(blocks, pred, color="tab:orange")
+    bottom.set_ylabel("predicted score")
+    bottom.set_xlabel("layer")
+    paths.append(_save(fig, out / f"{stem}_bars.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(pred, c)
+    for k, x, y in zip(blocks, pred, c):
+        ax.annotate(str(k), (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("predicted score")
+    ax.set_ylabel("true C(k)")
+    ax.set_title(f"{name}: score vs C")
+    paths.append(_save(fig, out / f"{stem}_scatter.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    pred_rank, true_rank = rankdata(-pred), rankdata(-c)
+    ax.scatter(pred_rank, true_rank)
+    ax.plot([1, len(blocks)], [1, len(blocks)], color="grey", lw=0.8, ls="--")
+    for k, x, y in zip(blocks, pred_rank, true_rank):
+        ax.annotate(str(k), (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("predicted rank (1 = best)")
+    ax.set_ylabel("true rank (1 = best)")
+    ax.set_title(f"{name}: rank vs rank")
+    paths.append(_save(fig, out / f"{stem}_ranks.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------- text
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.2f}"
+
+
+def _cell(c: dict) -> str:
+    return f"{_fmt(c['value'])} [{_fmt(c['low'])}, {_fmt(c['high'])}]"
+
+
+def _table(report: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows shared by the Markdown and HTML renderings."""
+    k = report["k"]
+    header = ["name", "kind", "Spearman", "Kendall", "top-1 recovered", f"top-{k} overlap", f"NDCG@{k}", "note"]
+    rows = [[r["name"], r["kind"], *(_cell(r["metrics"][m]) for m in METRICS), r["note"] or ""]
+            for r in report["rows"]]
+    return header, rows
+
+
+def _facts(report: dict) -> list[str]:
+    t = report["truth"]
+    c = ", ".join(f"{k}: {_fmt(v)}" for k, v in zip(report["blocks"], report["true_contribution"]))
+    facts = [f"truth: {t['directory']} — {t['model']}, task {t['task']} (versions {t['task_versions']}), "
+             f"{t['algo']}, {t['n_layers']} layers, seeds {t['seeds']}",
+             f"S_base per seed: {t['s_base']}; S_full per seed: {t['s_full']}",
+             f"true C(k) (mean over seeds): {c}",
+             f"seed agreement (mean pairwise Spearman of C): {_fmt(t['seed_spearman'])}",
+             f"compared on {len(report['blocks'])} of {t['n_layers']} blocks; intervals: 95 % bootstrap over "
+             f"layers ({report['n_boot']} resamples)"]
+    if t["missing"]:
+        facts.append(f"missing runs ({len(t['missing'])}): {', '.join(t['missing'])}")
+    facts += [f"seed {s}: C undefined — {why}" for s, why in t["undefined_seeds"].items()]
+    return facts
+
+
+def _markdown(report: dict) -> str:
+    header, rows = _table(report)
+    lines = ["# Layer ranking validation", "", *(f"- {f}" for f in _facts(report)), "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+             *("| " + " | ".join(r) + " |" for r in rows), ""]
+    lines += [f"![{p}]({p})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def _html(report: dict, plots: list[Path]) -> str:
+    header, rows = _table(report)
+    esc = html.escape
+    table = ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
+             + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    images = "".join(f'<figure><img alt="{esc(p.name)}" src="data:image/png;base64,'
+                     f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{esc(p.name)}</figcaption></figure>'
+                     for p in plots)
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1150px}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;white-space:nowrap}th{background:#eee}"
+             "td:last-child{white-space:normal}"
+             "figure{display:inline-block;margin:8px}img{max-width:100%}")
+    facts = "".join(f"<li>{esc(f)}</li>" for f in _facts(report))
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>layerscout validation</title>"
+            f"<style>{style}</style></head><body><h1>Layer ranking validation</h1><ul>{facts}</ul>{table}"
+            f"{images}</body></html>\n")
+
+
+def _common_spearman(a: dict[int, float], b: dict[int, float]) -> float:
+    """Spearman of two block -> C maps over the blocks both define; nan below 2 shared blocks."""
+    from .metrics import spearman
+
+    common = sorted(set(a) & set(b))
+    return spearman([a[i] for i in common], [b[i] for i in common]) if len(common) > 1 else float("nan")
+
+
+def _unique_labels(paths: list[Path]) -> list[str]:
+    names = [p.name for p in paths]
+    return names if len(set(names)) == len(names) else [str(p) for p in paths]

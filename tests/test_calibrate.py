@@ -1,0 +1,206 @@
+"""Calibration sweeps on a tiny random 2-layer Qwen3 (1 GRPO step per run, 3 runs per seed): a sweep killed
+after its first record resumes without rerunning or losing a job, same seed gives the same records, shards
+partition the jobs, corrupted records are skipped and rerun, C is merged as computed by hand.
+Run: pytest tests/test_calibrate.py   (about 60 s on 2 CPU cores)"""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+import yaml
+
+from layerscout.calibrate import (CalibrationConfig, contributions, jobs, load_config, parse_shard, run_calibration,
+                                  select_shard, summarize)
+from layerscout.errors import LayerscoutError
+
+RL = dict(train_prompts=8, prompts_per_step=2, num_generations=2, max_completion_length=4, eval_prompts=4,
+          learning_rate=1e-3)
+IDS = ["0/full", "0/layer-0", "0/layer-1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from layerscout.organisms import build_model, build_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny")
+    tok = build_tokenizer()
+    build_model("qwen3", 2, len(tok), seed=0, hidden_size=32).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def config(model, output, **kw):
+    return CalibrationConfig(**{"model": model, "seeds": [0], "steps": 1, "rl": RL, "output": str(output), **kw})
+
+
+def records(directory):
+    return {f"{p.parent.name}/{p.stem}": json.loads(p.read_text()) for p in sorted(directory.glob("runs/*/*.json"))}
+
+
+@pytest.fixture(scope="module")
+def resumed(tiny_model, tmp_path_factory):
+    """A sweep run in a subprocess, SIGKILLed once its first record appears, then rerun here."""
+    out = tmp_path_factory.mktemp("killed")
+    cfg = out / "calibration.yaml"
+    cfg.write_text(yaml.safe_dump({"model": tiny_model, "seeds": [0], "steps": 1, "rl": RL, "output": str(out)}))
+    proc = subprocess.Popen([sys.executable, "-m", "layerscout.calibrate", str(cfg), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(out.glob("runs/*/*.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at_kill = records(out)
+    assert list(at_kill) == ["0/full"], proc.stderr.read().decode()[-2000:]
+    first = (out / "runs/0/full.json").read_bytes()
+    result = run_calibration(load_config(cfg), progress=False)
+    return out, first, result
+
+
+def test_killed_sweep_resumes_without_rerunning_or_losing_jobs(resumed):
+    out, first, result = resumed
+    assert result["done_before"] == ["0/full"] and result["ran"] == ["0/layer-0", "0/layer-1"]
+    assert sorted(records(out)) == IDS and (out / "runs/0/full.json").read_bytes() == first
+    assert result["summary"]["missing"] == [] and result["summary"]["records"] == 3
+    assert not (out / "scratch/0/full").exists()  # scratch of finished runs is removed
+    again = run_calibration(load_config(out / "calibration.yaml"), progress=False)
+    assert again["ran"] == [] and again["done_before"] == IDS
+
+
+def test_record_carries_provenance(resumed):
+    out, _, _ = resumed
+    rec = records(out)["0/layer-1"]
+    assert rec["job"] == "0/layer-1" and rec["layers"] == [1] and rec["seed"] == 0 and rec["steps"] == 1
+    assert rec["algo"] == "grpo" and rec["task"] == "math" and rec["task_version"] == 1
+    assert rec["config"]["learning_rate"] == 1e-3 and rec["versions"]["trl"] and "git_commit" in rec
+    assert rec["reward_curve"] and rec["wall_seconds"] > 0 and rec["command"]
+    assert rec["job_command"].endswith("--shard 2/3") and "log_history" not in rec
+
+
+def test_same_seed_same_records(resumed, tiny_model, tmp_path):
+    out, _, _ = resumed
+    run_calibration(config(tiny_model, tmp_path), progress=False)
+    keys = ("base_score", "final_score", "reward_curve", "base_eval", "relative_update")
+    strip = {"seconds"}  # eval wall time
+    for job, rec in records(tmp_path).items():
+        other = records(out)[job]
+        for k in keys:
+            a, b = rec[k], other[k]
+            if isinstance(a, dict):
+                a, b = ({x: y for x, y in d.items() if x not in strip} for d in (a, b))
+            assert a == b, (job, k)
+
+
+def test_summary_says_why_c_is_undefined(resumed):
+    out, _, result = resumed
+    summary = json.loads((out / "contributions.json").read_text())
+    assert summary == json.loads(json.dumps(result["summary"]))
+    # a random model never answers right: zero advantages, no update, S_full == S_base
+    assert summary["s_full"]["0"] == summary["s_base"]["0"]
+    assert summary["undefined_seeds"]["0"].startswith("C is undefined: the full run did not improve over the base")
+    assert [x["index"] for x in summary["layers"]] == [0, 1]
+    assert all(x["contribution"] is None for x in summary["layers"])
+    assert summary["n_layers"] == 2 and summary["model"] and summary["algo"] == "grpo"
+
+
+def test_corrupted_record_is_skipped_then_rerun(resumed, tmp_path):
+    out, _, _ = resumed
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    bad = copy / "runs/0/layer-1.json"
+    bad.write_text(bad.read_text()[:100])
+    with pytest.warns(UserWarning, match=r"skipping corrupted record .*layer-1\.json"):
+        summary = summarize(copy)
+    assert summary["missing"] == ["0/layer-1"] and summary["records"] == 2
+    kept = (copy / "runs/0/layer-0.json").read_bytes()
+    with pytest.warns(UserWarning, match="layer-1.json"):
+        result = run_calibration(load_config(copy / "calibration.yaml", [f"output={copy}"]), progress=False)
+    assert result["ran"] == ["0/layer-1"] and result["summary"]["missing"] == []
+    assert (copy / "runs/0/layer-0.json").read_bytes() == kept
+
+
+def test_shards_partition_the_jobs(tiny_model, tmp_path):
+    planned = jobs(config(tiny_model, tmp_path, seeds=[0, 1]))
+    assert [j["id"] for j in planned] == IDS + ["1/full", "1/layer-0", "1/layer-1"]
+    shards = [select_shard(planned, (i, 4)) for i in range(4)]
+    assert [[j["index"] for j in s] for s in shards] == [[0, 4], [1, 5], [2], [3]]
+    assert planned[5]["command"] == f"python -m layerscout.calibrate {tmp_path}/sweep.json --shard 5/6"
+    assert select_shard(planned, parse_shard("5/6")) == [planned[5]]
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(LayerscoutError, match="shard must"):
+            parse_shard(bad)
+    with pytest.raises(LayerscoutError, match="holds a sweep with a different steps"):
+        jobs(config(tiny_model, tmp_path, steps=2))
+
+
+def test_ray_launcher_submits_jobs_with_resources(tiny_model, tmp_path, monkeypatch):
+    calls = {}
+
+    def remote(**resources):
+        calls["resources"] = resources
+        return lambda fn: types.SimpleNamespace(remote=fn)
+
+    fake = types.SimpleNamespace(init=lambda **kw: calls.setdefault("init", kw), remote=remote, get=list)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    result = run_calibration(config(tiny_model, tmp_path, job_gpus=0.5), launcher="ray", shard=(1, 3),
+                             ray_address="auto")
+    assert calls["init"]["address"] == "auto" and calls["resources"] == {"num_cpus": 1.0, "num_gpus": 0.5}
+    assert result["ran"] == ["0/layer-0"] and sorted(records(tmp_path)) == ["0/layer-0"]
+    assert result["summary"]["missing"] == ["0/full", "0/layer-1"]
+    assert result["summary"]["undefined_seeds"] == {"0": "no record of the full run yet"}
+
+
+def test_ray_missing_is_a_clear_error(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(LayerscoutError, match=r"needs Ray: pip install 'layerscout\[ray\]'"):
+        run_calibration(config(tiny_model, tmp_path), launcher="ray")
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(LayerscoutError, match="rl sets max_steps: use algo, steps and seeds"):
+        CalibrationConfig(rl={"max_steps": 3})
+    with pytest.raises(LayerscoutError, match="unknown key 'learning_rat'"):
+        CalibrationConfig(rl={"learning_rat": 1e-3})
+    with pytest.raises(LayerscoutError, match="without repeats"):
+        CalibrationConfig(seeds=[0, 0])
+    with pytest.raises(LayerscoutError, match="has no option 'nope'"):
+        jobs(CalibrationConfig(task_options={"nope": 1}, output=str(tmp_path)))
+    assert all(f.metadata.get("help") for f in CalibrationConfig.__dataclass_fields__.values())
+
+
+# ---------------------------------------------------------------- merging, by hand
+
+def _rec(seed, name, base, final):
+    layers = None if name == "full" else [int(name.split("-")[1])]
+    return {"job": f"{seed}/{name}", "seed": seed, "layers": layers, "base_score": base, "final_score": final,
+            "model": "m", "task": "math", "task_version": 1, "algo": "grpo", "num_layers": 3, "steps": 5}
+
+
+def test_contributions_by_hand():
+    recs = [_rec(0, "full", 0.2, 0.6), _rec(0, "layer-0", 0.2, 0.5), _rec(0, "layer-1", 0.2, 0.3),
+            _rec(0, "layer-2", 0.2, 0.1),  # C = 0.75, 0.25, -0.25
+            _rec(1, "full", 0.2, 0.4), _rec(1, "layer-0", 0.2, 0.4), _rec(1, "layer-1", 0.2, 0.2),
+            _rec(1, "layer-2", 0.2, 0.3),  # C = 1.0, 0.0, 0.5
+            _rec(2, "full", 0.3, 0.3), _rec(2, "layer-0", 0.3, 0.9)]  # S_full == S_base
+    planned = [{"id": f"{s}/{n}", "seed": s, "layers": None if n == "full" else [int(n[-1])]}
+               for s in (0, 1, 2) for n in ("full", "layer-0", "layer-1", "layer-2")]
+    out = contributions(recs, planned)
+    assert [x["contribution"] for x in out["layers"]] == pytest.approx([0.875, 0.125, 0.125])
+    assert [x["spread"] for x in out["layers"]] == pytest.approx([0.25 / 2**0.5, 0.25 / 2**0.5, 0.75 / 2**0.5])
+    assert out["layers"][2]["per_seed"] == pytest.approx({"0": -0.25, "1": 0.5})
+    assert out["layers"][0]["score"] == {"0": 0.5, "1": 0.4, "2": 0.9}
+    assert out["seed_spearman"] == pytest.approx(0.5)  # ranks 3,2,1 vs 3,1,2
+    assert out["s_base"] == {"0": 0.2, "1": 0.2, "2": 0.3} and out["s_full"]["2"] == 0.3
+    assert "S_full=0.3, S_base=0.3" in out["undefined_seeds"]["2"]
+    assert out["missing"] == ["2/layer-1", "2/layer-2"]
+
+
+def test_disagreeing_base_scores_make_a_seed_undefined():
+    recs = [_rec(0, "full", 0.2, 0.6), _rec(0, "layer-0", 0.25, 0.5)]
+    out = contributions(recs, [])
+    assert "base scores of this seed's runs disagree ([0.2, 0.25])" in out["undefined_seeds"]["0"]

@@ -1,0 +1,138 @@
+"""Validation report and cross-sweep comparison on a hand-written 6-layer calibration dir (records in the real
+format, C known exactly). Run: pytest tests/test_report.py   (about 10 s)"""
+
+import json
+import math
+
+import pytest
+
+from layerscout.errors import LayerscoutError
+from layerscout.ranking import LayerRanking, LayerScore
+from layerscout.records import write_json
+from layerscout.report import compare, validate
+
+MODEL = "/cache/organisms/qwen3-L6-math-s0-abcd1234"
+C = [0.5, 1.0, 1.25, 0.75, 0.25, 0.0]  # true contribution per block, both seeds
+S_BASE, S_FULL = 0.2, 0.6
+SCORES = [0.35, 0.5, 0.4, 0.3, 0.2, 0.0]  # predicted order 1, 2, 0, 3, 4, 5; true order 2, 1, 3, 0, 4, 5
+
+
+def write_truth(directory, c=C, seeds=(0, 1), skip=("1/layer-5",), model=MODEL):
+    """A sweep dir as calibrate writes it: sweep.json plus runs/<seed>/<job>.json."""
+    n = len(c)
+    planned = [{"index": j, "id": f"{s}/{name}", "seed": s, "name": name, "layers": layers}
+               for j, (s, name, layers) in enumerate(
+                   (s, name, layers) for s in seeds
+                   for name, layers in [("full", None)] + [(f"layer-{k}", [k]) for k in range(n)])]
+    write_json(directory / "sweep.json", {"config": {"model": model, "task": "math", "algo": "grpo"},
+                                          "n_layers": n, "jobs": planned})
+    for job in planned:
+        if job["id"] in skip:
+            continue
+        final = S_FULL if job["layers"] is None else S_BASE + (S_FULL - S_BASE) * c[job["layers"][0]]
+        write_json(directory / "runs" / str(job["seed"]) / f"{job['name']}.json", {
+            "job": job["id"], "kind": "full" if job["layers"] is None else "layers", "model": model,
+            "num_layers": n, "layers": job["layers"], "task": "math", "task_version": 1, "algo": "grpo",
+            "seed": job["seed"], "steps": 5, "base_score": S_BASE, "final_score": final,
+            "reward_curve": [{"step": 1, "reward": 0.1}], "wall_seconds": 1.0, "versions": {}, "git_commit": None,
+            "command": "pytest", "job_command": "python -m layerscout.calibrate x --shard 0/1"})
+    return directory
+
+
+def ranking(scores=SCORES, model=MODEL, task_version=1):
+    layers = [LayerScore(k, s, 0, {"grad_norm": C[k], "depth_prior": 0.0}) for k, s in enumerate(scores)]
+    for rank, layer in enumerate(sorted(layers, key=lambda x: (-x.score, x.index)), 1):
+        layer.rank = rank
+    return LayerRanking(model=model, task="math", algo="grpo", seed=0, layers=layers,
+                        config={"task_version": task_version})
+
+
+@pytest.fixture
+def truth(tmp_path):
+    return write_truth(tmp_path / "truth")
+
+
+@pytest.fixture
+def ranking_file(tmp_path):
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps(ranking().to_dict()))
+    return path
+
+
+def test_metrics_match_hand_computation(truth, ranking_file, tmp_path):
+    report = validate([ranking_file], truth, tmp_path / "out", k=3, n_boot=200)
+    row = report["rows"][0]
+    assert row["name"] == "probe" and row["kind"] == "ranking" and row["note"] is None
+    m = {name: cell["value"] for name, cell in row["metrics"].items()}
+    assert m["spearman"] == pytest.approx(1 - 6 * 4 / (6 * 35))  # rank differences 1, 1, -1, -1, 0, 0
+    assert m["kendall"] == pytest.approx(11 / 15)  # 2 discordant pairs of 15
+    assert m["top1_recovered"] == pytest.approx(1.0 / 1.25)  # predicted best: layer 1
+    assert m["topk_overlap"] == pytest.approx(2 / 3)  # {1, 2, 0} vs {2, 1, 3}
+    dcg = 1.0 + 1.25 / math.log2(3) + 0.5 / 2
+    idcg = 1.25 + 1.0 / math.log2(3) + 0.75 / 2
+    assert m["ndcg"] == pytest.approx(dcg / idcg)
+    for cell in row["metrics"].values():
+        assert cell["low"] <= cell["high"]
+    assert report["true_contribution"] == pytest.approx(C)
+
+
+def test_baselines_and_signals(truth, ranking_file, tmp_path):
+    rows = {r["name"]: r for r in validate([ranking_file], truth, tmp_path / "out", n_boot=100)["rows"]}
+    assert rows["grad_norm (probe)"]["metrics"]["spearman"]["value"] == pytest.approx(1.0)
+    assert rows["depth_prior (probe)"]["metrics"]["spearman"]["value"] is None  # constant: no ranking
+    shallow = rows["shallower first"]["metrics"]["spearman"]["value"]
+    assert shallow == pytest.approx(1 - 6 * 14 / 210)  # ranks 6,5,4,3,2,1 vs true 3,5,6,4,2,1: sum d^2 = 14
+    rand = rows["random ranking (expectation)"]["metrics"]
+    assert abs(rand["spearman"]["value"]) < 0.1 and rand["topk_overlap"]["value"] == pytest.approx(0.5, abs=0.1)
+    assert "depth prior (middle)" in rows
+
+
+def test_all_outputs_exist(truth, ranking_file, tmp_path):
+    out = tmp_path / "out"
+    report = validate([ranking_file], truth, out, n_boot=50)
+    assert {"probe_bars.png", "probe_scatter.png", "probe_ranks.png"} == set(report["plots"])
+    for name in ["report.md", "report.html", "report.json", *report["plots"]]:
+        assert (out / name).stat().st_size > 0, name
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and 'src="http' not in page
+    assert json.loads((out / "report.json").read_text())["rows"][0]["name"] == "probe"
+    assert "| probe | ranking | 0.89 [" in (out / "report.md").read_text()
+
+
+def test_missing_runs_are_listed(truth, ranking_file, tmp_path):
+    report = validate([ranking_file], truth, tmp_path / "out", n_boot=50)
+    assert report["truth"]["missing"] == ["1/layer-5"] and report["blocks"] == [0, 1, 2, 3, 4, 5]
+    assert report["truth"]["seed_spearman"] == pytest.approx(1.0)  # over the 5 blocks both seeds have
+    assert "missing runs (1): 1/layer-5" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_stale_task_version(truth, tmp_path):
+    report = validate([ranking(task_version=2)], truth, tmp_path / "out", n_boot=50)
+    assert report["rows"][0]["note"] == "stale: ranking made under task version 2, truth rows recorded under [1]"
+    assert report["rows"][0]["name"] == "ranking0"
+
+
+def test_other_depth_or_model_is_an_error(truth, tmp_path):
+    with pytest.raises(LayerscoutError, match=r"ranking ranking0 is for .*L6.* \(5 layers\) but the truth in .* "
+                                              r"is for .*L6.* \(6 layers\)"):
+        validate([ranking(scores=SCORES[:5])], truth, tmp_path / "out")
+    with pytest.raises(LayerscoutError, match="is for Qwen/Qwen3-4B .* but the truth"):
+        validate([ranking(model="Qwen/Qwen3-4B")], truth, tmp_path / "out")
+
+
+def test_undefined_truth_is_an_error(tmp_path):
+    directory = write_truth(tmp_path / "t", skip=("0/full", "1/full"))
+    with pytest.raises(LayerscoutError, match="C is defined for 0 block"):
+        validate([ranking()], directory, tmp_path / "out")
+
+
+def test_compare(truth, tmp_path):
+    other = write_truth(tmp_path / "reversed", c=[1.25 - x for x in C], skip=())
+    result = compare([truth, other], tmp_path / "cmp")
+    assert result["labels"] == ["truth", "reversed"]
+    assert [pytest.approx(row) for row in result["matrix"]] == [[1.0, -1.0], [-1.0, 1.0]]
+    assert "| truth | 1.00 | -1.00 |" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["labels"] == ["truth", "reversed"]
+    shallow = write_truth(tmp_path / "shallow", c=C[:4])
+    with pytest.raises(LayerscoutError, match="has 6 layers but .*shallow has 4"):
+        compare([truth, shallow], tmp_path / "cmp")
