@@ -45,6 +45,8 @@ def child(spec: dict) -> dict:
     from layerscout.models import load_model, num_layers
     from layerscout.training import train_layers
 
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
     model, tok = load_model(spec["model"])
     n = num_layers(model)
     layers = None if spec["layer"] is None else [spec["layer"] if spec["layer"] >= 0 else n // 2]
@@ -79,6 +81,7 @@ def child(spec: dict) -> dict:
         record = train_layers((model, tok), "math", layers, config, out, progress=False, callbacks=[meter])
     timed = meter.seconds[spec["warmup"]:]
     return {"layers": "all" if layers is None else ",".join(map(str, layers)), "num_layers": n,
+            "threads": torch.get_num_threads(),
             "trainable_params": record["trainable_params"], "step_s": statistics.median(timed),
             "step_s_all": [round(s, 3) for s in meter.seconds], "rss_start_mib": round(meter.rss_start),
             "rss_peak_mib": round(meter.rss_peak) if meter.reset else None,
@@ -103,6 +106,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
     ap.add_argument("--generations", type=int, default=4, help="completions per prompt")
     ap.add_argument("--tokens", type=int, default=32, help="max completion tokens")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0 = torch's default; 1 avoids OpenMP stalls on a busy, shared CPU)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -110,12 +115,13 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
 
-    models = [(args.model or "default organism", args.model, args.steps)] + ([(Path(args.gguf).stem, args.gguf, args.gguf_steps)]
-                                                         if args.gguf else [])
+    models = [(args.model or "default organism", args.model, args.steps)]
+    if args.gguf:
+        models.append((Path(args.gguf).stem, args.gguf, args.gguf_steps))
     rows = []
     for label, model, steps in models:
         base = {"model": model, "steps": steps, "warmup": args.warmup, "prompts": args.prompts,
-                "generations": args.generations, "tokens": args.tokens}
+                "generations": args.generations, "tokens": args.tokens, "threads": args.threads}
         single, full = run_child({**base, "layer": args.layer}), run_child({**base, "layer": None})
         for r in (single, full):
             rows.append({"model": label, **r})
@@ -124,7 +130,8 @@ def main() -> None:
         return
     mem = "cuda_peak_mib" if rows[0]["cuda_peak_mib"] is not None else "rss_peak_mib"
     print(f"{args.prompts} prompts x {args.generations} completions x {args.tokens} tokens per step; median over "
-          f"timed steps after {args.warmup} warmup; memory = {mem} during training")
+          f"timed steps after {args.warmup} warmup; memory = {mem} during training; "
+          f"{rows[0]['threads']} torch threads")
     print(f"{'model':<34} {'layers':>6} {'trainable':>11} {'step s':>8} {'peak MiB':>9} {'start MiB':>9}")
     for r in rows:
         print(f"{r['model']:<34} {r['layers']:>6} {r['trainable_params']:>11,} {r['step_s']:>8.3f} "

@@ -41,7 +41,7 @@ class ProbeConfig:
     """One short RL probe: a single round of rollouts, then signals computed from it. Sized so that probing a
     30-layer, 135M-parameter model costs a few GRPO steps on a 2-core CPU."""
 
-    num_prompts: int = _f(8, "prompts sampled for the probe (prompt groups)")
+    num_prompts: int = _f(16, "prompts sampled for the probe (prompt groups)")
     num_generations: int = _f(4, "completions per prompt (TRL's num_generations)")
     max_completion_length: int = _f(32, "max new tokens per completion (TRL's max_completion_length)")
     temperature: float = _f(1.0, "sampling temperature")
@@ -80,6 +80,10 @@ class ProbeConfig:
                 raise LayerscoutError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.update_steps < 0:
             raise LayerscoutError(f"update_steps must be >= 0; got {self.update_steps}")
+        from .signals import get_signal  # unknown names fail here, with suggestions
+
+        for name in self.signals:
+            get_signal(name)
         unknown = set(self.score_weights) - set(self.signals)
         if unknown:
             raise LayerscoutError(f"score_weights name signals not in `signals`: {', '.join(sorted(unknown))}")

@@ -34,23 +34,26 @@ def layer_contribution(s_k, s_base: float, s_full: float) -> np.ndarray:
 
 
 def spearman(pred, true) -> float:
-    """Spearman rank correlation of (L,) vectors; nan when either is constant (no ranking to compare)."""
+    """Spearman rank correlation of (L,) vectors; nan when either is constant or L < 2 (no ranking to compare)."""
     from scipy.stats import spearmanr
 
-    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
-    if np.ptp(pred) == 0 or np.ptp(true) == 0:
+    if _unrankable(pred, true):
         return float("nan")
     return float(spearmanr(pred, true).statistic)
 
 
 def kendall(pred, true) -> float:
-    """Kendall's tau-b of (L,) vectors; nan when either is constant."""
+    """Kendall's tau-b of (L,) vectors; nan when either is constant or L < 2."""
     from scipy.stats import kendalltau
 
-    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
-    if np.ptp(pred) == 0 or np.ptp(true) == 0:
+    if _unrankable(pred, true):
         return float("nan")
     return float(kendalltau(pred, true).statistic)
+
+
+def _unrankable(pred, true) -> bool:
+    pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
+    return len(true) < 2 or np.ptp(pred) == 0 or np.ptp(true) == 0
 
 
 def top_indices(scores, k: int) -> np.ndarray:

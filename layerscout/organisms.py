@@ -6,7 +6,7 @@ on 2 CPU cores, once, into the layerscout cache; it is the model every command u
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,10 +16,11 @@ import string
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
+from .config import _f
 from .errors import LayerscoutError
 
 if TYPE_CHECKING:
@@ -87,12 +88,6 @@ def build_model(arch: str, num_layers: int, vocab_size: int, seed: int, hidden_s
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class OrganismConfig:
     """How to build one organism. The defaults reach the band within a few hundred steps on 2 CPU cores for
@@ -106,20 +101,20 @@ class OrganismConfig:
     seed: int = _f(0, "seed for weights, data sampling and batch order")
     target_accuracy: list[float] = _f([0.2, 0.6], "[low, high] band of greedy held-out accuracy to stop in")
     max_steps: int = _f(3000, "give up after this many optimizer steps (keeps the checkpoint closest to the band)")
-    batch_size: int = _f(64, "sequences per step")
-    learning_rate: float = _f(1e-3, "AdamW peak learning rate (linear warmup, then constant)")
+    batch_size: int = _f(32, "sequences per step")
+    learning_rate: float = _f(3e-3, "AdamW peak learning rate (linear warmup, then constant)")
     warmup_steps: int = _f(50, "linear warmup steps")
-    weight_decay: float = _f(0.01, "AdamW weight decay")
-    train_prompts: int = _f(20000, "unique training questions drawn from the task's train split")
+    weight_decay: float = _f(0.1, "AdamW weight decay")
+    train_prompts: int = _f(1000, "unique training questions drawn from the task's train split")
     eval_every: int = _f(50, "steps between held-out evaluations")
     eval_prompts: int = _f(200, "held-out questions per evaluation (greedy decoding)")
-    max_new_tokens: int = _f(12, "generation budget per held-out answer")
+    max_new_tokens: int = _f(8, "generation budget per held-out answer")
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise LayerscoutError(f"Unknown arch {self.arch!r}. Available: {', '.join(ARCHS)}")
-        low, high = self.target_accuracy if len(self.target_accuracy) == 2 else (None, None)
-        if low is None or not 0.0 <= low <= high <= 1.0:
+        band = self.target_accuracy
+        if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
             raise LayerscoutError(f"target_accuracy must be [low, high] with 0 <= low <= high <= 1; "
                                   f"got {self.target_accuracy}")
         for name in ("num_layers", "hidden_size", "max_steps", "batch_size", "train_prompts", "eval_every",
@@ -142,36 +137,38 @@ def build_organism(config: OrganismConfig, output: str | Path, progress: bool = 
     saved weights are those of the evaluated checkpoint closest to the band (the later one on ties), and
     organism.json says `in_band: false` when that is still outside it. Returns organism.json's content.
     """
-    import torch
-
-    from .tasks import get_task
-
     output = Path(output)
     if output.exists():
         raise LayerscoutError(f"{output} already exists; remove it or choose another output")
+    with _one_thread():
+        record, model, tokenizer = _train(config, progress)
+    _save(model, tokenizer, record, output)
+    return record
+
+
+def _train(config: OrganismConfig, progress: bool) -> tuple[dict, Any, Any]:
+    """The SFT loop of build_organism; returns (organism.json record, model, tokenizer)."""
+    import torch
+
+    from .evaluate import evaluate
+    from .tasks import get_task
+
     start = time.perf_counter()
     task = get_task(config.task, **config.task_options)
     tokenizer = build_tokenizer()
     model = build_model(config.arch, config.num_layers, len(tokenizer), config.seed, hidden_size=config.hidden_size)
     train = _setup_train_data(task, tokenizer, config)
-    heldout = task.load_prompts("heldout", config.eval_prompts, config.seed)
 
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                             betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
-    gen = torch.Generator().manual_seed(config.seed)
+    batches = _batches(train, config.batch_size, torch.Generator().manual_seed(config.seed))
     low, high = config.target_accuracy
     best: dict | None = None  # {"distance", "step", "accuracy", "state"} of the checkpoint closest to the band
     evals: list[list[float]] = []
-    order = torch.randperm(len(train), generator=gen)
-    pos = 0
     bar = _progress_bar(config.max_steps, progress)
-    for step in range(1, config.max_steps + 1):
-        if pos + config.batch_size > len(order):
-            order, pos = torch.randperm(len(train), generator=gen), 0
-        batch = _collate([train[i] for i in order[pos:pos + config.batch_size].tolist()])
-        pos += config.batch_size
-        model.train()
+    model.train()  # evaluate() restores this mode after generating
+    for step, batch in zip(range(1, config.max_steps + 1), batches):
         loss = model(**batch).loss
         loss.backward()
         opt.step()
@@ -181,7 +178,8 @@ def build_organism(config: OrganismConfig, output: str | Path, progress: bool = 
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{evals[-1][1]:.2f}" if evals else "-")
         if step % config.eval_every and step != config.max_steps:
             continue
-        acc = heldout_accuracy(model, tokenizer, task, heldout, config.max_new_tokens)
+        acc = evaluate(model, tokenizer, task, n=config.eval_prompts, seed=config.seed,
+                       max_new_tokens=config.max_new_tokens, batch_size=config.eval_prompts)["score"]
         evals.append([step, acc])
         distance = max(low - acc, acc - high, 0.0)
         if best is None or distance <= best["distance"]:
@@ -206,8 +204,7 @@ def build_organism(config: OrganismConfig, output: str | Path, progress: bool = 
     if not record["in_band"]:
         print(f"layerscout: organism accuracy {best['accuracy']:.2f} is outside the band [{low}, {high}] "
               f"after {step} steps", file=sys.stderr)
-    _save(model, tokenizer, record, output)
-    return record
+    return record, model, tokenizer
 
 
 def default_organism_path(config: OrganismConfig | None = None, progress: bool = True) -> Path:
@@ -237,6 +234,21 @@ class _AlreadyPublished(LayerscoutError):
     """Another process published the same output while this one was building it."""
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Train on one intra-op thread: this model's small matmuls gain little from a second thread, on shared
+    cores a contended second thread made steps 2-9x slower (measured), and the weights do not then depend
+    on the machine's thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, answer ids + eos) per training question; the loss covers only the answer part."""
     from .tasks import render_prompt
@@ -245,6 +257,17 @@ def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list
     prompts = tokenizer([render_prompt(tokenizer, p) for p in data["prompt"]], add_special_tokens=False)["input_ids"]
     answers = tokenizer(list(data["answer"]), add_special_tokens=False)["input_ids"]
     return [(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers, strict=True)]
+
+
+def _batches(train: list, batch_size: int, gen: Any) -> Iterator[dict]:
+    """Endless collated batches: a fresh seeded permutation per epoch, each epoch's ragged tail dropped."""
+    import torch
+
+    batch_size = min(batch_size, len(train))
+    while True:
+        order = torch.randperm(len(train), generator=gen).tolist()
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield _collate([train[j] for j in order[i:i + batch_size]])
 
 
 def _collate(examples: list[tuple[list[int], list[int]]]) -> dict:
@@ -261,27 +284,6 @@ def _collate(examples: list[tuple[list[int], list[int]]]) -> dict:
         mask[i, :n] = 1
         labels[i, len(p):n] = torch.tensor(a)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def heldout_accuracy(model: Any, tokenizer: Any, task: Any, data: Any, max_new_tokens: int = 12,
-                     batch_size: int = 256) -> float:
-    """Mean task reward of greedy completions for `data` (a load_prompts dataset), in [0, 1]."""
-    import torch
-
-    from .tasks import render_prompt
-
-    model.eval()
-    texts = [render_prompt(tokenizer, p) for p in data["prompt"]]
-    completions = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, padding_side="left",
-                        add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        completions += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    rewards = task.reward(completions, list(data["answer"]))
-    return sum(rewards) / len(rewards)
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

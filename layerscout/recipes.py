@@ -71,9 +71,6 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     probe = None
     try:
         probe = from_dict(ProbeConfig, data.get("probe") or {}, source=f"{path}: probe")
-        from .signals import get_signal
-        for name in probe.signals:
-            get_signal(name)
     except LayerscoutError as e:
         problems.append(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e))
     if problems:

@@ -245,6 +245,10 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.2f}"
 
 
+def _per_seed(values: dict) -> str:
+    return ", ".join(f"seed {s}: {v:.3f}" for s, v in values.items()) or "–"
+
+
 def _cell(c: dict) -> str:
     return f"{_fmt(c['value'])} [{_fmt(c['low'])}, {_fmt(c['high'])}]"
 
@@ -263,7 +267,7 @@ def _facts(report: dict) -> list[str]:
     c = ", ".join(f"{k}: {_fmt(v)}" for k, v in zip(report["blocks"], report["true_contribution"]))
     facts = [f"truth: {t['directory']} — {t['model']}, task {t['task']} (versions {t['task_versions']}), "
              f"{t['algo']}, {t['n_layers']} layers, seeds {t['seeds']}",
-             f"S_base per seed: {t['s_base']}; S_full per seed: {t['s_full']}",
+             f"S_base per seed: {_per_seed(t['s_base'])}; S_full per seed: {_per_seed(t['s_full'])}",
              f"true C(k) (mean over seeds): {c}",
              f"seed agreement (mean pairwise Spearman of C): {_fmt(t['seed_spearman'])}",
              f"compared on {len(report['blocks'])} of {t['n_layers']} blocks; intervals: 95 % bootstrap over "

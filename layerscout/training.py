@@ -6,6 +6,7 @@ optimizer holds only trainable tensors (checked at train start). Cost: max_steps
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -37,18 +38,32 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
     model, tokenizer, base_id, in_memory = _setup_model(model)
     task = _setup_task(task)
     trainable, base_state = _setup_freeze(model, layers, config)
-    base_eval = _base_eval(model, tokenizer, task, config, out)
-    trainer, timer = _setup_trainer(model, tokenizer, task, config, out, trainable, in_memory, progress,
-                                    callbacks or [])
-    trainer.train(resume_from_checkpoint=checkpoint)
-    final_eval = _evaluate(model, tokenizer, task, config)
-    record = _record(model, task, layers, config, base_id, trainable, base_state, base_eval, final_eval,
-                     trainer, timer, checkpoint, out, start)
-    _save_outputs(model, tokenizer, layers, base_state, record, out)
+    with _progress_bars(progress):
+        base_eval = _base_eval(model, tokenizer, task, config, out)
+        trainer, timer = _setup_trainer(model, tokenizer, task, config, out, trainable, in_memory, progress,
+                                        callbacks or [])
+        trainer.train(resume_from_checkpoint=checkpoint)
+        final_eval = _evaluate(model, tokenizer, task, config)
+        record = _record(model, task, layers, config, base_id, trainable, base_state, base_eval, final_eval,
+                         trainer, timer, checkpoint, out, start)
+        _save_outputs(model, tokenizer, layers, base_state, record, out)
     return record
 
 
 # ---------------------------------------------------------------- setup
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """Silence transformers' own bars (checkpoint and model writes) for a quiet run; restore them after."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    (logging.enable_progress_bar if enabled else logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (logging.enable_progress_bar if was else logging.disable_progress_bar)()
+
 
 def _setup_output_dir(output_dir: str | Path, resume: bool) -> tuple[Path, str | None]:
     from transformers.trainer_utils import get_last_checkpoint
@@ -79,7 +94,8 @@ def _setup_task(task: Any) -> Any:
 
 
 def _setup_freeze(model, layers: list[int] | None, config: RLConfig) -> tuple[list[str], dict]:
-    """Freeze all but `layers`; snapshot the trainable tensors (for the delta's base fingerprint and update norms)."""
+    """Freeze all but `layers`; snapshot the trainable tensors on CPU (the delta's base fingerprint and the update
+    norms). Full runs keep no snapshot: it would be a second copy of the model."""
     from .models import freeze_all_but
 
     trainable = list(freeze_all_but(model, layers, train_embeddings=config.train_embeddings,
@@ -87,7 +103,7 @@ def _setup_freeze(model, layers: list[int] | None, config: RLConfig) -> tuple[li
     if not trainable:
         raise LayerscoutError("nothing to train: no parameter requires grad")
     own = dict(model.named_parameters())
-    return trainable, {n: own[n].detach().to("cpu", copy=True) for n in trainable}
+    return trainable, {} if layers is None else {n: own[n].detach().to("cpu", copy=True) for n in trainable}
 
 
 def _base_eval(model, tokenizer, task, config: RLConfig, out: Path) -> dict:

@@ -28,6 +28,7 @@ def test_spearman_and_kendall():
     assert spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
     assert kendall([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(4 / 6)
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3])) and math.isnan(kendall([1, 2, 3], [0, 0, 0]))
+    assert math.isnan(spearman([], [])) and math.isnan(kendall([1], [2]))
 
 
 def test_top1_recovered():
@@ -58,7 +59,7 @@ def test_ndcg_shifts_negative_contributions():
 def test_seed_spearman_mean_of_pairs():
     # pairs: 0.5, -1, -0.5 -> mean -1/3
     assert seed_spearman([[1, 2, 3], [1, 3, 2], [3, 2, 1]]) == pytest.approx(-1 / 3)
-    assert math.isnan(seed_spearman([[1, 2, 3]]))
+    assert math.isnan(seed_spearman([[1, 2, 3]])) and math.isnan(seed_spearman([[], []]))
 
 
 def test_bootstrap_ci():

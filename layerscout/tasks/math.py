@@ -1,8 +1,8 @@
 """Math word/arithmetic problems with a checkable numeric answer.
 
-Questions come from a reasoning-gym generator (default: 2-term +/- arithmetic on 1-2 digit numbers,
-generated on the fly, ~10 µs each), a datasets hub id / local dataset dir, or a local .jsonl/.json/.parquet/.csv
-file. The reward is 1 when the completion's last number equals the gold number or math-verify judges it
+Questions come from a reasoning-gym generator (default: 2-term +/- arithmetic on signed 1-digit numbers,
+with reasoning-gym's optional brackets and negations, ~10 µs each), a datasets hub id / local dataset dir, or a
+local .jsonl/.json/.parquet/.csv file. The reward is 1 when the completion's last number equals the gold number or math-verify judges it
 equivalent (~1 ms per completion), else 0.
 """
 
@@ -109,7 +109,8 @@ class MathTask(Task):
             raise LayerscoutError(
                 f"{where}: no column {', '.join(map(repr, missing))}; columns: {', '.join(map(str, rows[0]))} "
                 "(set question_column / answer_column)")
-        return [(str(r[qcol]).strip(), gold_answer(r[acol])) for r in rows if r.get(qcol) not in (None, "")]
+        return [(str(r[qcol]).strip(), gold_answer(r[acol])) for r in rows
+                if r.get(qcol) not in (None, "") and r.get(acol) is not None]
 
     # ------------------------------------------------------------------ reward
 

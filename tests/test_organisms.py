@@ -1,0 +1,136 @@
+# Run: . .venv/bin/activate && python -m pytest tests/test_organisms.py -q   (add -m slow for the full default build)
+"""Character tokenizer, model builders, and organism builds: tiny ones in the fast tests, the default one
+(minutes) behind the `slow` marker."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import layerscout.organisms as organisms
+from layerscout.errors import LayerscoutError
+from layerscout.organisms import OrganismConfig, build_model, build_organism, build_tokenizer, default_organism_path
+from layerscout.tasks import render_prompt
+
+TINY = dict(num_layers=2, hidden_size=32, train_prompts=256, batch_size=16, eval_every=5, eval_prompts=16,
+            max_steps=10, max_new_tokens=6)
+
+
+def test_tokenizer_chat_template_and_round_trip(tmp_path):
+    tok = build_tokenizer()
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id, len(tok)) == (0, 1, 2, 103)
+    prompt = render_prompt(tok, [{"role": "user", "content": "Calculate 5 - -3."}])
+    assert prompt == "Q: Calculate 5 - -3.\nA: "
+    full = tok.apply_chat_template([{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2"}],
+                                   tokenize=False)
+    assert full == "Q: 1+1\nA: 2<eos>\n"
+    ids = tok.encode(prompt + "8<eos>", add_special_tokens=False)
+    assert len(ids) == len(prompt) + 2 and ids[-1] == tok.eos_token_id  # one token per character
+    assert tok.decode(ids, skip_special_tokens=True) == prompt + "8"
+    assert tok.encode("é", add_special_tokens=False) == [tok.unk_token_id]
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again.encode(prompt, add_special_tokens=False) == ids[:-2]
+    assert render_prompt(again, [{"role": "user", "content": "Calculate 5 - -3."}]) == prompt
+    assert len(build_tokenizer("0123456789")) == 13
+
+
+@pytest.mark.parametrize("arch, cls", [("qwen3", "Qwen3ForCausalLM"), ("qwen2", "Qwen2ForCausalLM"),
+                                       ("llama", "LlamaForCausalLM")])
+def test_build_model_archs_and_seeds(arch, cls):
+    a = build_model(arch, 3, 50, seed=1, hidden_size=32)
+    b = build_model(arch, 3, 50, seed=1, hidden_size=32)
+    c = build_model(arch, 3, 50, seed=2, hidden_size=32)
+    assert type(a).__name__ == cls and len(a.model.layers) == 3
+    assert a.lm_head.weight is a.model.embed_tokens.weight  # tied
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.model.layers[0].mlp.up_proj.weight, c.model.layers[0].mlp.up_proj.weight)
+
+
+def test_build_model_errors():
+    with pytest.raises(LayerscoutError, match="Unknown arch 'gpt2'. Available: qwen3, qwen2, llama"):
+        build_model("gpt2", 2, 50, seed=0)
+    with pytest.raises(LayerscoutError, match="must divide"):
+        build_model("qwen3", 2, 50, seed=0, hidden_size=30)
+
+
+def test_config_checks():
+    with pytest.raises(LayerscoutError, match="target_accuracy"):
+        OrganismConfig(target_accuracy=[0.6, 0.2])
+    with pytest.raises(LayerscoutError, match="eval_every must be >= 1"):
+        OrganismConfig(eval_every=0)
+    assert OrganismConfig().key() == OrganismConfig().key() != OrganismConfig(seed=1).key()
+    assert OrganismConfig().key().startswith("qwen3-L8-math-s0-")
+
+
+def _weights(path: Path) -> dict:
+    return load_file(path / "model.safetensors")
+
+
+def test_build_organism_saves_loadable_deterministic_model(tmp_path):
+    cfg = OrganismConfig(**TINY, target_accuracy=[0.0, 1.0])  # any accuracy is in band: stop at the 1st eval
+    rec = build_organism(cfg, tmp_path / "a", progress=False)
+    assert rec["steps"] == 5 and rec["in_band"] and [s for s, _ in rec["evals"]] == [5]
+    assert json.loads((tmp_path / "a" / "organism.json").read_text()) == rec
+    assert rec["config"]["num_layers"] == 2 and "torch" in rec["versions"] and rec["wall_seconds"] > 0
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "a")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "a")
+    assert len(model.model.layers) == 2 and len(tok) == model.config.vocab_size
+    assert render_prompt(tok, [{"role": "user", "content": "x"}]) == "Q: x\nA: "
+
+    build_organism(cfg, tmp_path / "b", progress=False)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp dirs left behind
+
+    with pytest.raises(LayerscoutError, match="already exists"):
+        build_organism(cfg, tmp_path / "a", progress=False)
+
+
+def test_unreachable_band_keeps_closest_checkpoint(tmp_path, capsys):
+    cfg = OrganismConfig(**TINY, target_accuracy=[0.99, 1.0])
+    rec = build_organism(cfg, tmp_path / "o", progress=False)
+    assert [s for s, _ in rec["evals"]] == [5, 10]
+    best = max(rec["evals"], key=lambda e: (e[1], e[0]))
+    assert (rec["steps"], rec["heldout_accuracy"], rec["in_band"]) == (best[0], best[1], False)
+    assert "outside the band" in capsys.readouterr().err
+
+
+def test_default_organism_path_builds_once_and_survives_a_race(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAYERSCOUT_CACHE", str(tmp_path))
+    cfg = OrganismConfig(**TINY, target_accuracy=[0.0, 1.0])
+    path = default_organism_path(cfg, progress=False)
+    assert path == tmp_path / "organisms" / cfg.key() and (path / "organism.json").exists()
+
+    def no_build(*a, **k):
+        raise AssertionError("rebuilt a cached organism")
+
+    monkeypatch.setattr(organisms, "build_organism", no_build)
+    assert default_organism_path(cfg, progress=False) == path
+
+    # another process publishes the same organism while this one trains: this one's copy is dropped
+    monkeypatch.undo()
+    monkeypatch.setenv("LAYERSCOUT_CACHE", str(tmp_path))
+    cfg = OrganismConfig(**TINY, target_accuracy=[0.0, 1.0], seed=1)
+    winner = tmp_path / "organisms" / cfg.key()
+    real_save = organisms._save
+
+    def save_after_winner(model, tokenizer, record, output):
+        winner.mkdir(parents=True)
+        (winner / "organism.json").write_text('{"winner": true}')
+        real_save(model, tokenizer, record, output)
+
+    monkeypatch.setattr(organisms, "_save", save_after_winner)
+    assert default_organism_path(cfg, progress=False) == winner
+    assert json.loads((winner / "organism.json").read_text()) == {"winner": True}
+    assert sorted(p.name for p in (tmp_path / "organisms").iterdir()) == sorted([path.name, winner.name])
+
+
+@pytest.mark.slow
+def test_default_organism_reaches_the_band(tmp_path):
+    rec = build_organism(OrganismConfig(), tmp_path / "default", progress=False)
+    assert rec["in_band"], rec["evals"]
