@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -258,6 +259,87 @@ def export(ranking_file, fmt, top_k, model):
     ranking = LayerRanking.load(ranking_file).to_dict()
     m, _ = load_model(model or ranking["model"])
     click.echo(export_ranking(ranking, m, fmt, top_k), nl=False)
+
+
+# ---------------------------------------------------------------- ground truth
+
+@cli.command(epilog="""Examples:
+
+\b
+  layerscout calibrate --task math --algo grpo --seeds 2 --steps 50 --output truth/qwen3
+  layerscout calibrate Qwen/Qwen3-1.7B --layers ::3 --output truth/q17 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
+  layerscout calibrate --config sweep.yaml --launcher ray --ray-address auto
+""")
+@click.argument("model", required=False)
+@click.option("--task", help="probe recipe name or YAML (default math)")
+@click.option("--algo", type=click.Choice(["grpo", "dr_grpo"]))
+@click.option("--layers", help="blocks to scan: all | 0,4,8 | 0-4 | ::3")
+@click.option("--seeds", type=int, help="number of seeds (0..N-1)")
+@click.option("--steps", type=int, help="GRPO steps of every run")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="CalibrationConfig YAML or sweep.json")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="CalibrationConfig field, e.g. -o rl.learning_rate=1e-4")
+@click.option("--output", type=click.Path(file_okay=False), help="sweep dir")
+@click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", help="Ray cluster address (default: start a local Ray)")
+@click.option("--shard", help="i/n: run only jobs j with j % n == i (Slurm job arrays)")
+@click.option("--print-jobs", is_flag=True, help="print the job list (with commands) as JSON and exit")
+@click.option("--quiet", is_flag=True)
+def calibrate(model, task, algo, layers, seeds, steps, config_file, overrides, output, launcher, ray_address, shard,
+              print_jobs, quiet):
+    """Ground truth: base eval, a full-parameter run and one single-block run per block, per seed -> C(k).
+    Each run writes its record the moment it finishes; rerunning skips finished runs."""
+    from . import calibrate as cal
+    from .config import apply_overrides, from_dict, load_yaml
+
+    data = cal.load_config(config_file).__dict__ if config_file else {}
+    data = apply_overrides(dict(data), list(overrides))
+    flags = {"model": model, "task": task, "algo": algo, "layers": layers, "steps": steps, "output": output,
+             "seeds": list(range(seeds)) if seeds else None}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    config = from_dict(cal.CalibrationConfig, data, source=config_file or "options")
+    part = cal.parse_shard(shard) if shard else None
+    if print_jobs:
+        click.echo(json.dumps(cal.select_shard(cal.jobs(config), part), indent=2))
+        return
+    result = cal.run_calibration(config, launcher, part, ray_address, progress=not quiet)
+    summary = result["summary"]
+    click.echo(json.dumps({"ran": result["ran"], "missing": summary.get("missing"),
+                           "seed_spearman": summary.get("seed_spearman"),
+                           "contributions": f"{config.output}/contributions.json"}, indent=2, default=str))
+
+
+@cli.command(epilog="""Example:
+
+\b
+  layerscout validate ranking.json truth/qwen3 --output report/
+""")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--output", required=True, type=click.Path(file_okay=False))
+@click.option("--top-k", "k", type=int, default=3, show_default=True)
+@click.option("--bootstrap", type=int, default=1000, show_default=True, help="bootstrap resamples for intervals")
+@click.option("--json", "as_json", is_flag=True)
+def validate(paths, output, k, bootstrap, as_json):
+    """Predicted rankings (RANKING... TRUTH_DIR) against true C(k): Spearman, Kendall, top-1 recovered, top-k
+    overlap, NDCG with bootstrap intervals, beside baselines. Writes report.md/.html/.json and plots."""
+    from .report import validate as run_validate
+
+    if len(paths) < 2:
+        raise LayerscoutError("give one or more ranking files, then the truth dir")
+    report = run_validate(list(paths[:-1]), paths[-1], output, k=k, n_boot=bootstrap)
+    _emit(report, as_json, lambda: click.echo((Path(output) / "report.md").read_text()))
+
+
+@cli.command(epilog="Example:\n\n  layerscout compare truth/math truth/code --output cmp/")
+@click.argument("truth_dirs", nargs=-1, required=True)
+@click.option("--output", default=".", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def compare(truth_dirs, output, as_json):
+    """Rank correlation (Spearman) of C(k) across sweeps: tasks, algorithms, seeds of one model."""
+    from .report import compare as run_compare
+
+    result = run_compare(list(truth_dirs), output)
+    _emit(result, as_json, lambda: click.echo((Path(output) / "compare.md").read_text()))
 
 
 # ---------------------------------------------------------------- organisms

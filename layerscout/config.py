@@ -137,9 +137,15 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise LayerscoutError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise LayerscoutError(f"override {text!r}: {e}") from None
+    if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

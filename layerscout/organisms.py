@@ -1,7 +1,8 @@
 """Model organisms: tiny character-level decoders trained here from scratch, by supervised fine-tuning on a
 task's train split, until their greedy held-out accuracy lands in a partial band (default 20-60 %), so RL
-has headroom. The default (Qwen3, 8 layers, hidden 128, ~1.6 M parameters, math) builds in about a minute
-on 2 CPU cores, once, into the layerscout cache; it is the model every command uses when none is named.
+has headroom. The default (Qwen3, 8 layers, hidden 128, 1.6 M parameters, math) takes ~600 steps, about
+2.5 min on a 2-core CPU (5-10 min when other jobs share the cores), once, into the layerscout cache; it is the
+model every command uses when none is named.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def build_model(arch: str, num_layers: int, vocab_size: int, seed: int, hidden_s
 
 @dataclass
 class OrganismConfig:
-    """How to build one organism. The defaults reach the band within a few hundred steps on 2 CPU cores for
-    qwen3 / qwen2 / llama at 8 layers and seeds 0-2."""
+    """How to build one organism. With these defaults qwen3 / qwen2 / llama at 8 layers and seeds 0-2 all
+    stopped in the band (held-out 0.20-0.30) after 600-1000 steps of the 3000 allowed."""
 
     arch: str = _f("qwen3", "decoder architecture: qwen3 | qwen2 | llama")
     num_layers: int = _f(8, "decoder blocks")

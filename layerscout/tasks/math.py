@@ -75,8 +75,8 @@ class MathTask(Task):
         return sample_split(self._pairs, split, n, seed)
 
     def _generate(self, split: str, n: int, seed: int) -> list[tuple[str, str]]:
-        """Walk the generator's stream until n unique questions of `split` are found (or the tries run out).
-        reasoning-gym seeds item i with seed + i, so seeds are spaced 2**32 apart to keep their streams apart."""
+        """The first n unique questions of `split` among 2n/share + 100 generated items (fewer when the generator's
+        space is small). reasoning-gym seeds item i with seed + i, so seeds are spaced 2**32 apart."""
         import reasoning_gym
         from reasoning_gym.factory import DATASETS
 
