@@ -12,6 +12,10 @@ _EXPORTS = {
     "ProbeConfig": "config", "ModelSpec": "config",
     "run_probe": "probe", "rank_layers": "probe",
     "LayerRanking": "ranking",
+    "RLConfig": "config", "train_layers": "training", "train_auto": "autolayer", "evaluate": "evaluate",
+    "apply_delta": "delta", "export_ranking": "export",
+    "CalibrationConfig": "calibrate", "run_calibration": "calibrate", "summarize": "calibrate",
+    "validate": "report", "compare": "report",
     "LayerscoutError": "errors",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
