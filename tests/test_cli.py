@@ -90,3 +90,19 @@ def test_probes_cp_then_validate(tmp_path):
     r = CliRunner().invoke(cli, ["probes", "validate", str(dest)])
     assert r.exit_code == 2
     assert "unknown key 'bogus'" in r.output and "num_prompts expects int" in r.output
+
+
+def test_train_auto_layer_trains_the_rankings_top_blocks(organism_path, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "auto"
+    r = CliRunner().invoke(cli, ["train", str(organism_path), "--auto-layer", "--top-k", "2", "--steps", "1", "--quiet",
+                                 "--json", "-o", "eval_prompts=4", "-o", "prompts_per_step=2",
+                                 "-o", "max_completion_length=8", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.stdout)
+    top = sorted(record["ranking"]["layers"], key=lambda x: x["rank"])[:2]
+    assert record["layers"] == [x["index"] for x in top]
+    with safe_open(out / "layer_delta.safetensors", "pt") as f:
+        blocks = {int(k.split(".")[2]) for k in f.keys()}
+    assert blocks == set(record["layers"])
