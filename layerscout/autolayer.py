@@ -4,6 +4,7 @@ file) plus the RL run."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from .errors import LayerscoutError
@@ -19,9 +20,7 @@ def check_ranking_fits(ranking: LayerRanking, model) -> None:
         raise LayerscoutError(f"the ranking is for {ranking.model} with {len(ranking.layers)} layers; "
                               f"{model_name(model)} has {depth}")
     if ranking.model != model_name(model):
-        import sys
-        print(f"layerscout: warning: the ranking was made for {ranking.model}, training {model_name(model)}",
-              file=sys.stderr)
+        warnings.warn(f"the ranking was made for {ranking.model}; training {model_name(model)}", stacklevel=2)
 
 
 def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking: str | Path | None = None,

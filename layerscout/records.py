@@ -54,6 +54,7 @@ def write_json(path: str | Path, data) -> Path:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are meant to be shared
     os.replace(tmp, path)
     return path
 
