@@ -31,9 +31,8 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
     data = task.load_prompts("heldout", n, seed)
     prompts = [render_prompt(tokenizer, p) for p in data["prompt"]]
     greedy = num_samples == 1
-    was_training, side = model.training, tokenizer.padding_side
+    was_training = model.training
     model.eval()
-    tokenizer.padding_side = "left"  # batched generation of decoder-only models needs left padding
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # seeded; global RNG untouched
             torch.manual_seed(seed)
@@ -42,7 +41,6 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
                                       do_sample=not greedy, batch_size=batch_size)
     finally:
         model.train(was_training)
-        tokenizer.padding_side = side
     columns = {c: [v for v in data[c] for _ in range(num_samples)] for c in data.column_names if c != "prompt"}
     rewards = task.reward(texts, **columns)
     return {"score": float(sum(rewards) / len(rewards)), "n": len(prompts), "num_samples": num_samples,

@@ -208,26 +208,28 @@ def _plots(name: str, ranking: LayerRanking, blocks: list[int], truth: dict, out
     bottom.set_xlabel("layer")
     paths.append(_save(fig, out / f"{stem}_bars.png"))
 
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter(pred, c)
-    for k, x, y in zip(blocks, pred, c):
-        ax.annotate(str(k), (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("predicted score")
-    ax.set_ylabel("true C(k)")
-    ax.set_title(f"{name}: score vs C")
-    paths.append(_save(fig, out / f"{stem}_scatter.png"))
-
-    fig, ax = plt.subplots(figsize=(5, 4))
     pred_rank, true_rank = rankdata(-pred), rankdata(-c)
-    ax.scatter(pred_rank, true_rank)
-    ax.plot([1, len(blocks)], [1, len(blocks)], color="grey", lw=0.8, ls="--")
-    for k, x, y in zip(blocks, pred_rank, true_rank):
-        ax.annotate(str(k), (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("predicted rank (1 = best)")
-    ax.set_ylabel("true rank (1 = best)")
-    ax.set_title(f"{name}: rank vs rank")
-    paths.append(_save(fig, out / f"{stem}_ranks.png"))
+    paths.append(_labelled_scatter(plt, blocks, pred, c, "predicted score", "true C(k)", f"{name}: score vs C",
+                                   out / f"{stem}_scatter.png"))
+    paths.append(_labelled_scatter(plt, blocks, pred_rank, true_rank, "predicted rank (1 = best)",
+                                   "true rank (1 = best)", f"{name}: rank vs rank", out / f"{stem}_ranks.png",
+                                   diagonal=len(blocks)))
     return paths
+
+
+def _labelled_scatter(plt, blocks, x, y, xlabel: str, ylabel: str, title: str, path: Path,
+                      diagonal: int | None = None) -> Path:
+    """A scatter with each point labelled by its layer; `diagonal` draws y = x from 1 to that value."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(x, y)
+    if diagonal:
+        ax.plot([1, diagonal], [1, diagonal], color="grey", lw=0.8, ls="--")
+    for k, a, b in zip(blocks, x, y):
+        ax.annotate(str(k), (a, b), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:

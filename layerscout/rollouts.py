@@ -120,12 +120,13 @@ def generate(model, tokenizer, prompts: list[str], *, num_generations: int = 1, 
     """
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
     rows: list[tuple[list[int], list[int]]] = []
     per_chunk = max(1, batch_size // num_generations)
     for start in range(0, len(prompts), per_chunk):
         chunk = prompts[start:start + per_chunk]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        # decoder-only generation continues from the right edge: pad on the left, per call (tokenizer untouched)
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left",
+                        add_special_tokens=False).to(device)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                  temperature=temperature if do_sample else None, top_p=top_p if do_sample else None,
