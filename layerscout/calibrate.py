@@ -162,6 +162,10 @@ def run_calibration(config: CalibrationConfig, launcher: str = "local", shard: t
     ray = _import_ray() if launcher == "ray" else None
     mine = select_shard(jobs(config), shard)
     todo = [job for job in mine if read_record(job["record"]) is None]
+    if not config.keep_runs:  # a run killed between writing its record and removing its scratch
+        for job in mine:
+            if job not in todo:
+                shutil.rmtree(_scratch(config, job), ignore_errors=True)
     if ray is None:
         for n, job in enumerate(todo, 1):
             if progress:
@@ -190,7 +194,7 @@ def run_job(config: CalibrationConfig, job: dict, progress: bool = True) -> dict
     from .training import train_layers
 
     recipe = _recipe(config)
-    scratch = Path(config.output) / "scratch" / str(job["seed"]) / job["name"]
+    scratch = _scratch(config, job)
     shutil.rmtree(scratch, ignore_errors=True)
     run = train_layers(config.model, build_task(recipe), job["layers"], config.rl_config(job["seed"]), scratch,
                        progress=progress)
@@ -202,6 +206,10 @@ def run_job(config: CalibrationConfig, job: dict, progress: bool = True) -> dict
     if not config.keep_runs:
         shutil.rmtree(scratch)
     return record
+
+
+def _scratch(config: CalibrationConfig, job: dict) -> Path:
+    return Path(config.output) / "scratch" / str(job["seed"]) / job["name"]
 
 
 def _recipe(config: CalibrationConfig):
