@@ -220,6 +220,8 @@ class RLConfig:
     save_total_limit: int | None = _f(2, "keep only the newest N checkpoints (None = all)")
     eval_prompts: int = _f(64, "held-out prompts scored before and after training")
     eval_samples: int = _f(1, "completions per held-out prompt (1 = greedy)")
+    eval_seed: int | None = _f(None, "seed that draws the held-out prompts; None = the run's seed. Fix it to score "
+                                     "every seed of a comparison on the same prompts")
     train_embeddings: bool = _f(False, "also train the input embeddings (the paper keeps them frozen)")
     train_head: bool = _f(False, "also train the LM head (the paper keeps it frozen)")
     use_vllm: bool = _f(False, "generate with vLLM (needs `pip install vllm` and a GPU)")

@@ -108,7 +108,7 @@ def _setup_freeze(model, layers: list[int] | None, config: RLConfig) -> tuple[li
 
 def _base_eval(model, tokenizer, task, config: RLConfig, out: Path) -> dict:
     """The base model's held-out score; cached in the output dir so a resumed run does not re-score it."""
-    settings = {"task": task.name, "task_version": task.version, "n": config.eval_prompts, "seed": config.seed,
+    settings = {"task": task.name, "task_version": task.version, "n": config.eval_prompts, "seed": _eval_seed(config),
                 "num_samples": config.eval_samples, "max_new_tokens": config.max_completion_length}
     cached = out / BASE_EVAL
     if cached.exists() and (saved := json.loads(cached.read_text())).get("settings") == settings:
@@ -121,9 +121,13 @@ def _base_eval(model, tokenizer, task, config: RLConfig, out: Path) -> dict:
 def _evaluate(model, tokenizer, task, config: RLConfig) -> dict:
     from .evaluate import evaluate
 
-    return evaluate(model, tokenizer, task, n=config.eval_prompts, seed=config.seed,
+    return evaluate(model, tokenizer, task, n=config.eval_prompts, seed=_eval_seed(config),
                     num_samples=config.eval_samples, max_new_tokens=config.max_completion_length,
                     temperature=config.temperature)
+
+
+def _eval_seed(config: RLConfig) -> int:
+    return config.seed if config.eval_seed is None else config.eval_seed
 
 
 def _setup_trainer(model, tokenizer, task, config: RLConfig, out: Path, trainable: list[str], in_memory: bool,

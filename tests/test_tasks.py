@@ -90,6 +90,8 @@ def test_generator_errors():
     ("1,234", "1234", 1.0),
     ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),  # only math-verify gets this one
     ("41", "42", 0.0),
+    ("To calculate the result of (5 - 3), we", "2", 0.0),  # a restated question is not an answer
+    ("so $x = \\frac{6}{3}$", "2", 1.0),
     ("asdf%$#", "3", 0.0),
     ("", "3", 0.0),
     ("The answer is 42", "Natalia sold 48/2 = 24 clips in May.\n#### 42", 1.0),

@@ -136,6 +136,24 @@ def test_dr_grpo_with_kl_on_an_in_memory_model(tok, tmp_path):
     assert model.config._name_or_path == "not/a/loadable/path"
 
 
+class AnswerTask(MathTask):
+    """Scores the drawn prompt, not the completion: equal scores mean equal held-out draws."""
+
+    def score(self, text, answer):
+        return abs(int(answer)) % 10 / 10
+
+
+def test_eval_seed_fixes_the_held_out_draw_across_run_seeds(tok, tmp_path):
+    def base(seed, eval_seed):
+        config = RLConfig(**{**TINY, "max_steps": 1, "save_steps": 0, "eval_prompts": 16, "seed": seed,
+                             "eval_seed": eval_seed})
+        return train_layers((fresh(tok), tok), AnswerTask(), [LAYER], config, tmp_path / f"{seed}-{eval_seed}",
+                            progress=False)["base_score"]
+
+    assert base(0, 7) == base(1, 7)
+    assert base(0, None) != base(1, None)  # default: each run seed draws its own held-out prompts
+
+
 def test_optimizer_guard_rejects_frozen_tensors_in_the_optimizer(tok):
     model = fresh(tok)
     trainable = {n for n, _ in model.named_parameters() if n.startswith("model.layers.1.")}

@@ -38,7 +38,7 @@ class MathTask(Task):
     (hub id, local dataset dir, or .jsonl/.json/.parquet/.csv file), dataset_config, question_column,
     answer_column (GSM8K-style "... #### 42" keeps the text after ####), system_prompt."""
 
-    version = 1
+    version = 2  # 2: math-verify fallback reads LaTeX answers only
     options = {
         "source": "reasoning_gym",
         "generator": "basic_arithmetic",
@@ -115,16 +115,18 @@ class MathTask(Task):
     # ------------------------------------------------------------------ reward
 
     def score(self, text: str, answer: str) -> float:
-        """1.0 if `text` answers `answer`: its last number equals the gold number, or math-verify says the two
-        are equivalent (skipped off the main thread, where its signal-based timeout cannot run)."""
+        """1.0 if `text` answers `answer`: its last number equals the gold number, or math-verify finds a LaTeX
+        answer ($...$, \\boxed{}) equivalent to it (skipped off the main thread, where its signal-based timeout
+        cannot run). LaTeX only: math-verify's plain-expression extraction scores a restated question
+        ("to calculate (5 - 3), we") as its answer, a reward RL learns to hack."""
         gold = gold_answer(answer)
         if _same_number(last_number(text), gold):
             return 1.0
         if threading.current_thread() is not threading.main_thread():
             return 0.0
-        from math_verify import parse, verify
+        from math_verify import LatexExtractionConfig, parse, verify
 
-        pred = parse(text, parsing_timeout=_VERIFY_TIMEOUT_S)
+        pred = parse(text, extraction_config=[LatexExtractionConfig()], parsing_timeout=_VERIFY_TIMEOUT_S)
         if not pred:
             return 0.0
         return float(verify(parse(gold, parsing_timeout=_VERIFY_TIMEOUT_S), pred, timeout_seconds=_VERIFY_TIMEOUT_S))
