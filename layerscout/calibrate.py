@@ -200,7 +200,7 @@ def run_job(config: CalibrationConfig, job: dict, progress: bool = True) -> dict
                        progress=progress)
     dropped = ("log_history", "output_dir", "delta")  # per-step logs: reward_curve keeps the reward
     record = {"job": job["id"], **{k: v for k, v in run.items() if k not in dropped},
-              "task_version": recipe.version, "recipe": str(recipe.path), "job_command": job["command"],
+              "recipe_version": recipe.version, "recipe": str(recipe.path), "job_command": job["command"],
               "run_dir": str(scratch) if config.keep_runs else None, "calibration": dataclasses.asdict(config)}
     write_json(job["record"], record)
     if not config.keep_runs:

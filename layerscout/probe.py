@@ -281,6 +281,6 @@ def rank_layers(model: str | None = None, task: str = "math", *, overrides: list
     task_obj = build_task(recipe)
     model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
     ranking = run_probe(model_obj, tokenizer, task_obj, recipe.probe, progress=progress)
-    ranking.config["task_version"] = recipe.version
+    ranking.config["recipe_version"] = recipe.version
     ranking.config["recipe"] = str(recipe.path)
     return ranking

@@ -17,6 +17,7 @@ import yaml
 from layerscout.calibrate import (CalibrationConfig, contributions, jobs, load_config, parse_shard, run_calibration,
                                   select_shard, summarize)
 from layerscout.errors import LayerscoutError
+from layerscout.tasks.math import MathTask
 
 RL = dict(train_prompts=8, prompts_per_step=2, num_generations=2, max_completion_length=4, eval_prompts=4,
           learning_rate=1e-3)
@@ -76,7 +77,7 @@ def test_record_carries_provenance(resumed):
     out, _, _ = resumed
     rec = records(out)["0/layer-1"]
     assert rec["job"] == "0/layer-1" and rec["layers"] == [1] and rec["seed"] == 0 and rec["steps"] == 1
-    assert rec["algo"] == "grpo" and rec["task"] == "math" and rec["task_version"] == 1
+    assert rec["algo"] == "grpo" and rec["task"] == "math" and rec["task_version"] == MathTask.version
     assert rec["config"]["learning_rate"] == 1e-3 and rec["versions"]["trl"] and "git_commit" in rec
     assert rec["reward_curve"] and rec["wall_seconds"] > 0 and rec["command"]
     assert rec["job_command"].endswith("--shard 2/3") and "log_history" not in rec

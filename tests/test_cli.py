@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from layerscout.cli import cli
+from layerscout.tasks.math import MathTask
 
 COMMANDS = [["rank"], ["train"], ["eval"], ["apply"], ["export"], ["organism", "build"], ["probes", "cp"],
             ["probes", "validate"]]
@@ -69,7 +70,7 @@ def test_rank_json_and_output_file(organism_path, tmp_path):
     assert {"index", "score", "rank", "signals"} <= set(data["layers"][0])
     assert data["top_layer"] == min(data["layers"], key=lambda x: x["rank"])["index"]
     assert {"seconds", "generated_tokens", "forward_backward_passes"} <= set(data["cost"])
-    assert data["config"]["task_version"] == 1 and data["provenance"]["versions"]["torch"]
+    assert data["config"]["task_version"] == MathTask.version and data["provenance"]["versions"]["torch"]
 
     # a ranking for an 8-layer model cannot pick blocks of a 30-layer one, and top-k beyond the depth fails
     r = CliRunner().invoke(cli, ["train", str(organism_path), "--auto-layer", "--top-k", "9", "--ranking", str(out),
