@@ -8,6 +8,7 @@ that transformers flags as quantized can be neither trained nor saved.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ KNOWN_LAYER_PATHS = (
     "gpt_neox.layers",  # GPT-NeoX, Pythia
     "model.decoder.layers",  # OPT
 )
+PLAIN_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
@@ -115,14 +117,27 @@ def load_model(spec: ModelSpec | str | None = None) -> tuple[PreTrainedModel, Pr
 
 
 def _load_pretrained(source: str, dtype: torch.dtype, **kw) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(source, **kw)
+    tok = _load_tokenizer(source, **kw)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
     except ValueError as e:  # e.g. a config for an encoder or an architecture this transformers lacks
         raise LayerscoutError(f"cannot load {source!r} as a causal LM: {_first_line(e)}") from None
     return model, tok
+
+
+def _load_tokenizer(source: str, **kw) -> PreTrainedTokenizerBase:
+    """AutoTokenizer, except that a tokenizer saved as a plain tokenizer.json (tokenizer_class TokenizersBackend
+    or PreTrainedTokenizerFast, e.g. an organism's) is loaded as saved: for some model types (qwen2, transformers
+    5.24) AutoTokenizer swaps in the model type's own class, whose byte-level pre-tokenizer drops the spaces of
+    a character-level vocabulary."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(source) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") in PLAIN_TOKENIZERS:
+        return PreTrainedTokenizerFast.from_pretrained(source, **kw)
+    return AutoTokenizer.from_pretrained(source, **kw)
 
 
 def _load_hub(name: str, spec: ModelSpec, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -50,6 +50,19 @@ def test_build_model_archs_and_seeds(arch, cls):
     assert not torch.equal(a.model.layers[0].mlp.up_proj.weight, c.model.layers[0].mlp.up_proj.weight)
 
 
+@pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama"])
+def test_saved_organism_loads_with_its_own_tokenizer(arch, tmp_path):
+    """AutoTokenizer alone gives a qwen2 dir Qwen2Tokenizer, which drops the spaces of the character vocabulary."""
+    from layerscout.models import load_model
+
+    tok = build_tokenizer()
+    build_model(arch, 1, len(tok), seed=0, hidden_size=32).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    _, loaded = load_model(str(tmp_path))
+    text = "Q: Calculate ( 2 + -8 ).\nA: "
+    assert loaded.encode(text, add_special_tokens=False) == tok.encode(text, add_special_tokens=False)
+
+
 def test_build_model_errors():
     with pytest.raises(LayerscoutError, match="Unknown arch 'gpt2'. Available: qwen3, qwen2, llama"):
         build_model("gpt2", 2, 50, seed=0)
