@@ -58,8 +58,9 @@ class ProbeConfig:
         "signals to compute (see `layerscout signals ls`)",
     )
     score_weights: dict[str, float] = _f(
-        {"lookahead_gain": 2.0, "grad_snr": 1.0, "attribution": 1.0, "grad_norm_rel": 1.0},
-        "ranking score = weighted mean of these signals' within-model percentile ranks",
+        {"attribution": 1.0},
+        "ranking score = weighted mean of these signals' within-model percentile ranks. Default: attribution "
+        "alone, the best of six candidate rules on the first four calibration sweeps (calibration/README.md)",
     )
     seed: int = _f(0, "seed for prompt sampling, generation and steps")
 
