@@ -277,7 +277,7 @@ def contributions(records: list[dict], planned: list[dict]) -> dict:
     seeds = sorted({j["seed"] for j in planned} | {r["seed"] for r in records})
     blocks = sorted({j["layers"][0] for j in planned if j["layers"]} |
                     {r["layers"][0] for r in records if r["layers"]})
-    s_base, s_full, undefined, c = {}, {}, {}, {}
+    s_base, s_full, undefined, weak, c = {}, {}, {}, {}, {}
     for seed in seeds:
         runs = {r["job"].split("/", 1)[1]: r for r in records if r["seed"] == seed}
         bases = sorted({r["base_score"] for r in runs.values()})
@@ -296,6 +296,8 @@ def contributions(records: list[dict], planned: list[dict]) -> dict:
                 c[seed] = dict(zip(scores, layer_contribution(list(scores.values()), bases[0], s_full[str(seed)])))
             except LayerscoutError as e:
                 undefined[str(seed)] = str(e)
+            else:
+                weak.update(_weak_gain(seed, bases[0], runs["full"]))
     layers = []
     for k in blocks:
         per_seed = {str(s): float(c[s][k]) for s in c if k in c[s]}
@@ -314,11 +316,27 @@ def contributions(records: list[dict], planned: list[dict]) -> dict:
         "model": first.get("model"), "task": first.get("task"),
         "task_versions": sorted({r["task_version"] for r in records if "task_version" in r}),
         "algo": first.get("algo"), "n_layers": first.get("num_layers"), "steps": first.get("steps"),
-        "seeds": seeds, "s_base": s_base, "s_full": s_full, "undefined_seeds": undefined,
+        "seeds": seeds, "s_base": s_base, "s_full": s_full, "undefined_seeds": undefined, "weak_seeds": weak,
         "layers": layers, "seed_spearman": agreement if np.isfinite(agreement) else None,
         "missing": [j["id"] for j in planned if j["id"] not in by_id],
         "records": len(records),
     }
+
+
+def _weak_gain(seed: int, s_base: float, full: dict) -> dict[str, str]:
+    """{seed: why} when the full run's gain is under two standard errors of the score difference: C is then
+    mostly eval noise divided by a small number. Binary rewards assumed (greedy accuracy, as in math)."""
+    from .metrics import gain_standard_error
+
+    n = (full.get("final_eval") or {}).get("n")
+    if not n:
+        return {}
+    gain, se = full["final_score"] - s_base, gain_standard_error(s_base, full["final_score"], n)
+    if gain >= 2 * se:
+        return {}
+    return {str(seed): f"S_full - S_base = {gain:.3f} is under 2 standard errors ({2 * se:.3f}) of a score "
+                       f"difference on {n} held-out prompts (independent binomials: an upper bound for paired "
+                       f"scores), so this seed's C may be mostly eval noise"}
 
 
 def _read_json(path: Path) -> dict | None:

@@ -33,6 +33,15 @@ def layer_contribution(s_k, s_base: float, s_full: float) -> np.ndarray:
     return (np.asarray(s_k, dtype=float) - s_base) / gain
 
 
+def gain_standard_error(s_base: float, s_full: float, n: int) -> float:
+    """Standard error of S_full - S_base, each a mean of n Bernoulli rewards, taken as independent binomials.
+    Both are scored on the same prompts, which makes the true error smaller: this errs towards calling a
+    gain noise. Example: `gain_standard_error(0.25, 0.30, 256)` -> 0.0394."""
+    if n < 1:
+        raise LayerscoutError(f"n must be >= 1; got {n}")
+    return float(np.sqrt((s_base * (1 - s_base) + s_full * (1 - s_full)) / n))
+
+
 def spearman(pred, true) -> float:
     """Spearman rank correlation of (L,) vectors; nan when either is constant or L < 2 (no ranking to compare)."""
     from scipy.stats import spearmanr

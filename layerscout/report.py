@@ -62,7 +62,7 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
     plots = [p for name, r in named for p in _plots(name, r, blocks, truth, out)]
     report = {"truth": {key: truth[key] for key in ("directory", "model", "task", "task_versions", "algo",
                                                     "n_layers", "seeds", "s_base", "s_full", "undefined_seeds",
-                                                    "seed_spearman", "missing")},
+                                                    "weak_seeds", "seed_spearman", "missing")},
               "blocks": blocks, "true_contribution": true_c.tolist(), "k": k, "n_boot": n_boot, "seed": seed,
               "rows": rows, "plots": [p.name for p in plots]}
     write_json(out / "report.json", report)
@@ -277,6 +277,7 @@ def _facts(report: dict) -> list[str]:
     if t["missing"]:
         facts.append(f"missing runs ({len(t['missing'])}): {', '.join(t['missing'])}")
     facts += [f"seed {s}: C undefined — {why}" for s, why in t["undefined_seeds"].items()]
+    facts += [f"seed {s}: weak — {why}" for s, why in t["weak_seeds"].items()]
     return facts
 
 

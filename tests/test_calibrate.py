@@ -201,6 +201,16 @@ def test_contributions_by_hand():
     assert out["missing"] == ["2/layer-1", "2/layer-2"]
 
 
+def test_a_full_gain_within_eval_noise_marks_the_seed_weak():
+    def full(seed, final, n):
+        return {**_rec(seed, "full", 0.25, final), "final_eval": {"score": final, "n": n}}
+
+    planned = [{"id": f"{s}/full", "seed": s, "layers": None} for s in (0, 1, 2)]
+    out = contributions([full(0, 0.26, 256), full(1, 0.40, 256), full(2, 0.26, 100_000)], planned)
+    assert list(out["weak_seeds"]) == ["0"]  # 0.01 < 2 SE (0.077) on 256 prompts; seed 2 has 100k prompts
+    assert "2 standard errors (0.077)" in out["weak_seeds"]["0"] and not out["undefined_seeds"]
+
+
 def test_disagreeing_base_scores_make_a_seed_undefined():
     recs = [_rec(0, "full", 0.2, 0.6), _rec(0, "layer-0", 0.25, 0.5)]
     out = contributions(recs, [])

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from layerscout.errors import LayerscoutError
-from layerscout.metrics import (bootstrap_ci, kendall, layer_contribution, ndcg, random_expectation,
-                                seed_spearman, spearman, top1_recovered, topk_overlap)
+from layerscout.metrics import (bootstrap_ci, gain_standard_error, kendall, layer_contribution, ndcg,
+                                random_expectation, seed_spearman, spearman, top1_recovered, topk_overlap)
+
+
+def test_gain_standard_error_by_hand():
+    # sqrt((0.25 * 0.75 + 0.3 * 0.7) / 256) = sqrt(0.3975 / 256)
+    assert gain_standard_error(0.25, 0.3, 256) == pytest.approx(0.039405, abs=1e-6)
+    assert gain_standard_error(0.0, 1.0, 10) == 0.0
+    with pytest.raises(LayerscoutError):
+        gain_standard_error(0.2, 0.3, 0)
 
 
 def test_layer_contribution_three_entries():
