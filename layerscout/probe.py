@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from functools import cached_property
 
@@ -16,6 +17,9 @@ import torch
 from .config import ProbeConfig
 from .errors import LayerscoutError
 from .models import decoder_layers, model_name
+
+# Under this share of prompt groups with differing rewards, the ranking rests on a handful of prompts: warn.
+FEW_INFORMATIVE = 0.25
 from .ranking import LayerRanking, build_ranking
 from .records import provenance
 from .rollouts import Rollouts, collect_rollouts, sequence_weights, surrogate_objective, token_logps
@@ -190,6 +194,10 @@ def check_signal(rollouts: Rollouts, config: ProbeConfig) -> None:
         raise LayerscoutError(
             f"no signal: every one of the {rollouts.num_groups} prompt groups got identical rewards "
             f"(mean reward {mean:.2f}), so every advantage is 0; {hint}, or raise num_prompts/num_generations")
+    if len(info) < FEW_INFORMATIVE * rollouts.num_groups:
+        warnings.warn(f"only {len(info)} of {rollouts.num_groups} prompt groups got differing rewards (mean reward "
+                      f"{mean:.2f}): the ranking rests on those few; raise num_prompts or num_generations",
+                      stacklevel=3)
     if "lookahead_gain" in config.signals and len(info) < 2:
         raise LayerscoutError(
             f"only {len(info)} of {rollouts.num_groups} prompt groups got differing rewards (mean reward "
