@@ -54,7 +54,7 @@ def main() -> None:
                                         config=config, output_dir=out, progress=False)
                 else:
                     record = train_layers(args.model, args.task, layers, config, out, progress=False)
-                runs[arm].append(record)
+                runs[arm].append({k: v for k, v in record.items() if k != "log_history"})  # reward_curve stays
                 print(f"seed {seed} {arm:<6} blocks {record['layers']}: base {record['base_score']:.4f} -> "
                       f"{record['final_score']:.4f} ({record['wall_seconds']:.0f} s)", flush=True)
 

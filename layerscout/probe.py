@@ -17,13 +17,13 @@ import torch
 from .config import ProbeConfig
 from .errors import LayerscoutError
 from .models import decoder_layers, model_name
-
-# Under this share of prompt groups with differing rewards, the ranking rests on a handful of prompts: warn.
-FEW_INFORMATIVE = 0.25
 from .ranking import LayerRanking, build_ranking
 from .records import provenance
 from .rollouts import Rollouts, collect_rollouts, sequence_weights, surrogate_objective, token_logps
 from .signals import get_signal
+
+# Under this share of prompt groups with differing rewards, the ranking rests on a handful of prompts: warn.
+FEW_INFORMATIVE = 0.25
 
 
 class Cost:

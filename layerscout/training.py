@@ -108,8 +108,9 @@ def _setup_freeze(model, layers: list[int] | None, config: RLConfig) -> tuple[li
 
 def _base_eval(model, tokenizer, task, config: RLConfig, out: Path) -> dict:
     """The base model's held-out score; cached in the output dir so a resumed run does not re-score it."""
-    settings = {"task": task.name, "task_version": task.version, "n": config.eval_prompts, "seed": _eval_seed(config),
-                "num_samples": config.eval_samples, "max_new_tokens": config.max_completion_length}
+    settings = {"task": task.name, "task_version": task.version, "n": config.eval_prompts,
+                "seed": _eval_seed(config), "num_samples": config.eval_samples,
+                "max_new_tokens": config.max_completion_length}
     cached = out / BASE_EVAL
     if cached.exists() and (saved := json.loads(cached.read_text())).get("settings") == settings:
         return saved["result"]
