@@ -241,7 +241,8 @@ def read_record(path: str | Path) -> dict | None:
 def summarize(directory: str | Path, write: bool = True) -> dict:
     """Merge every readable record under DIR/runs into C(k) per block and seed; written to
     DIR/contributions.json unless write=False. Corrupted records are warned about and skipped; jobs without
-    a record are listed in `missing`; a seed whose full run did not beat its base is in `undefined_seeds`."""
+    a record are listed in `missing`; a seed whose full run did not beat its base is in `undefined_seeds`, one
+    whose full-run gain is within eval noise in `weak_seeds`."""
     directory = Path(directory)
     manifest = _read_json(directory / MANIFEST)
     records = [r for p in sorted(directory.glob("runs/*/*.json")) if (r := read_record(p)) is not None]
