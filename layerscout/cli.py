@@ -332,14 +332,15 @@ def validate(paths, output, k, bootstrap, as_json):
 
 @cli.command(epilog="Example:\n\n  layerscout compare truth/math truth/code --output cmp/")
 @click.argument("truth_dirs", nargs=-1, required=True)
-@click.option("--output", default=".", type=click.Path(file_okay=False))
+@click.option("--output", default=None, type=click.Path(file_okay=False),
+              help="also write compare.md and compare.json here")
 @click.option("--json", "as_json", is_flag=True)
 def compare(truth_dirs, output, as_json):
     """Rank correlation (Spearman) of C(k) across sweeps: tasks, algorithms, seeds of one model."""
     from .report import compare as run_compare
 
     result = run_compare(list(truth_dirs), output)
-    _emit(result, as_json, lambda: click.echo((Path(output) / "compare.md").read_text()))
+    _emit(result, as_json, lambda: click.echo(result["markdown"]))
 
 
 # ---------------------------------------------------------------- organisms

@@ -71,10 +71,11 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
     return report
 
 
-def compare(truth_dirs: list[str | Path], output_dir: str | Path = ".") -> dict:
+def compare(truth_dirs: list[str | Path], output_dir: str | Path | None = None) -> dict:
     """Spearman of C between every pair of sweeps (e.g. two seeds' dirs, math vs code, GRPO vs Dr. GRPO), over
     the blocks where both define C: how far the ground truth agrees with itself. Same depth required.
-    Writes compare.json and compare.md to `output_dir`. Example: `compare(["cal/math", "cal/code"])["matrix"]`."""
+    The result carries the table as `markdown`; with `output_dir` it is also written there as compare.md and
+    compare.json. Example: `compare(["cal/math", "cal/code"])["matrix"]`."""
     from .calibrate import summarize
 
     if len(truth_dirs) < 2:
@@ -90,12 +91,13 @@ def compare(truth_dirs: list[str | Path], output_dir: str | Path = ".") -> dict:
     result = {"dirs": [str(d) for d in truth_dirs], "labels": labels,
               "matrix": [[_json_float(v) for v in row] for row in matrix],
               "blocks": [sorted(x) for x in c]}
-    out = Path(output_dir)
-    write_json(out / "compare.json", result)
     head = "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
     body = "".join(f"| {label} | " + " | ".join(_fmt(v) for v in row) + " |\n" for label, row in zip(labels, matrix))
-    (out / "compare.md").write_text(f"# Agreement of C(k) across sweeps (Spearman)\n\n{head}{body}")
-    return result
+    markdown = f"# Agreement of C(k) across sweeps (Spearman)\n\n{head}{body}"
+    if output_dir is not None:
+        write_json(Path(output_dir) / "compare.json", result)
+        (Path(output_dir) / "compare.md").write_text(markdown)
+    return {**result, "markdown": markdown}
 
 
 # ---------------------------------------------------------------- inputs

@@ -136,3 +136,11 @@ def test_compare(truth, tmp_path):
     shallow = write_truth(tmp_path / "shallow", c=C[:4])
     with pytest.raises(LayerscoutError, match="has 6 layers but .*shallow has 4"):
         compare([truth, shallow], tmp_path / "cmp")
+
+
+def test_compare_without_output_writes_nothing(truth, tmp_path, monkeypatch):
+    other = write_truth(tmp_path / "reversed", c=[1.25 - x for x in C], skip=())
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    result = compare([truth, other])
+    assert "| truth | 1.00 | -1.00 |" in result["markdown"] and sorted(tmp_path.rglob("*")) == before
