@@ -67,7 +67,7 @@ def main() -> None:
     print(f"\nauto-layer gain {auto['mean_gain']:+.4f} vs seed std {auto['seed_std']:.4f}: "
           f"{'above' if auto['mean_gain'] > auto['seed_std'] else 'NOT above'} the spread")
     if args.output:
-        write_json(args.output, {"ranking": ranking.to_dict(), "arms": {a: arms[a] for a in arms},
+        write_json(args.output, {"ranking": ranking.to_dict(), "arms": arms,
                                  "summary": summary, "runs": runs, "overrides": DEFAULT_RL + args.override,
                                  "provenance": provenance()})
 
