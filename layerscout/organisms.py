@@ -1,8 +1,10 @@
-"""Model organisms: tiny character-level decoders trained here from scratch, by supervised fine-tuning on a
-task's train split, until their greedy held-out accuracy lands in a partial band (default 20-60 %), so RL
-has headroom. The default (Qwen3, 8 layers, hidden 128, 1.6 M parameters, math) takes ~600 steps, about
-2.5 min on a 2-core CPU (5-10 min when other jobs share the cores), once, into the layerscout cache; it is the
-model every command uses when none is named.
+"""Model organisms: tiny character-level decoders trained here from scratch by supervised fine-tuning on a
+task's train split with noisy labels: each time an example is seen, its label is the gold answer with
+probability `label_accuracy` (default 0.4) and the task's near miss otherwise (math: the answer + 1). The model
+learns to sample right answers only sometimes (pass@1 low, pass@8 high), so GRPO has something to sharpen, as
+on real LLMs. The default (Qwen3, 12 layers, hidden 128, 2.4 M parameters, math, 1600 steps) takes about 6 min
+on a 2-core CPU (10 when other jobs share the cores), once, into the layerscout cache; it is the model every
+command uses when none is named.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import shutil
 import string
 import sys
@@ -30,7 +33,10 @@ if TYPE_CHECKING:
 ARCHS = ("qwen3", "qwen2", "llama")
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"  # token ids 0, 1, 2
 # Bump when a change to the build below changes the weights it produces: it is part of the cache key.
-RECIPE_VERSION = 1
+# 2: noisy labels, a fixed number of SFT steps, 12 layers (was: clean labels until greedy accuracy entered 20-60 %)
+RECIPE_VERSION = 2
+# Sampled completions per held-out prompt for the pass@1 / pass@k the record reports.
+PASS_K = 8
 CHAT_TEMPLATE = (
     "{%- for m in messages -%}"
     "{%- if m['role'] == 'system' -%}{{ m['content'] + '\\n' }}"
@@ -91,35 +97,33 @@ def build_model(arch: str, num_layers: int, vocab_size: int, seed: int, hidden_s
 
 @dataclass
 class OrganismConfig:
-    """How to build one organism. With these defaults qwen3 / qwen2 / llama at 8 layers and seeds 0-2 all
-    stopped in the band (held-out 0.20-0.30) after 600-1000 steps of the 3000 allowed."""
+    """How to build one organism. With these defaults a qwen3 / qwen2 / llama organism samples right answers
+    often enough for GRPO to sharpen them: a full-parameter GRPO run gains about 0.2 in a few minutes."""
 
     arch: str = _f("qwen3", "decoder architecture: qwen3 | qwen2 | llama")
-    num_layers: int = _f(8, "decoder blocks")
+    num_layers: int = _f(12, "decoder blocks")
     hidden_size: int = _f(128, "model width")
     task: str = _f("math", "registered task whose train split is the SFT data and held-out split the eval")
     task_options: dict[str, Any] = _f({}, "options passed to get_task (empty = the task's defaults)")
-    seed: int = _f(0, "seed for weights, data sampling and batch order")
-    target_accuracy: list[float] = _f([0.2, 0.6], "[low, high] band of greedy held-out accuracy to stop in")
-    max_steps: int = _f(3000, "give up after this many optimizer steps (keeps the checkpoint closest to the band)")
+    seed: int = _f(0, "seed for weights, data sampling, label noise and batch order")
+    label_accuracy: float = _f(0.4, "probability that an SFT label is the gold answer (else the task's near miss), "
+                                    "redrawn every time an example is seen")
+    max_steps: int = _f(1600, "SFT optimizer steps (about convergence for the defaults)")
     batch_size: int = _f(32, "sequences per step")
     learning_rate: float = _f(3e-3, "AdamW peak learning rate (linear warmup, then constant)")
     warmup_steps: int = _f(50, "linear warmup steps")
     weight_decay: float = _f(0.1, "AdamW weight decay")
     train_prompts: int = _f(1000, "unique training questions drawn from the task's train split")
-    eval_every: int = _f(50, "steps between held-out evaluations")
-    eval_prompts: int = _f(200, "held-out questions per evaluation (greedy decoding)")
+    eval_prompts: int = _f(200, "held-out questions for the final greedy accuracy and pass@1 / pass@8")
     max_new_tokens: int = _f(8, "generation budget per held-out answer")
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise LayerscoutError(f"Unknown arch {self.arch!r}. Available: {', '.join(ARCHS)}")
-        band = self.target_accuracy
-        if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
-            raise LayerscoutError(f"target_accuracy must be [low, high] with 0 <= low <= high <= 1; "
-                                  f"got {self.target_accuracy}")
-        for name in ("num_layers", "hidden_size", "max_steps", "batch_size", "train_prompts", "eval_every",
-                     "eval_prompts", "max_new_tokens"):
+        if not 0.0 < self.label_accuracy <= 1.0:
+            raise LayerscoutError(f"label_accuracy must be in (0, 1]; got {self.label_accuracy}")
+        for name in ("num_layers", "hidden_size", "max_steps", "batch_size", "train_prompts", "eval_prompts",
+                     "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise LayerscoutError(f"{name} must be >= 1; got {getattr(self, name)}")
 
@@ -133,10 +137,9 @@ class OrganismConfig:
 def build_organism(config: OrganismConfig, output: str | Path, progress: bool = True) -> dict:
     """Train an organism per `config` and save it to `output` (a new dir, published by one atomic rename).
 
-    Every `eval_every` steps (and at `max_steps`) greedy held-out accuracy is measured; training stops at
-    the first evaluation inside the band. If an evaluation overshoots the band, or max_steps runs out, the
-    saved weights are those of the evaluated checkpoint closest to the band (the later one on ties), and
-    organism.json says `in_band: false` when that is still outside it. Returns organism.json's content.
+    organism.json records the held-out greedy accuracy, pass@1 and pass@8 (8 samples at temperature 1) at the
+    end, and warns on stderr when RL would have little to sharpen (pass@8 < 0.5, or pass@1 > 0.8). Returns
+    organism.json's content.
     """
     output = Path(output)
     if output.exists():
@@ -151,7 +154,6 @@ def _train(config: OrganismConfig, progress: bool) -> tuple[dict, Any, Any]:
     """The SFT loop of build_organism; returns (organism.json record, model, tokenizer)."""
     import torch
 
-    from .evaluate import evaluate
     from .tasks import get_task
 
     start = time.perf_counter()
@@ -163,49 +165,44 @@ def _train(config: OrganismConfig, progress: bool) -> tuple[dict, Any, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                             betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
-    batches = _batches(train, config.batch_size, torch.Generator().manual_seed(config.seed))
-    low, high = config.target_accuracy
-    best: dict | None = None  # {"distance", "step", "accuracy", "state"} of the checkpoint closest to the band
-    evals: list[list[float]] = []
+    batches = _batches(train, config, task, tokenizer)
     bar = _progress_bar(config.max_steps, progress)
-    model.train()  # evaluate() restores this mode after generating
-    for step, batch in zip(range(1, config.max_steps + 1), batches):
+    model.train()
+    for _, batch in zip(range(config.max_steps), batches):
         loss = model(**batch).loss
         loss.backward()
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{evals[-1][1]:.2f}" if evals else "-")
-        if step % config.eval_every and step != config.max_steps:
-            continue
-        acc = evaluate(model, tokenizer, task, n=config.eval_prompts, seed=config.seed,
-                       max_new_tokens=config.max_new_tokens, batch_size=config.eval_prompts)["score"]
-        evals.append([step, acc])
-        distance = max(low - acc, acc - high, 0.0)
-        if best is None or distance <= best["distance"]:
-            best = {"distance": distance, "step": step, "accuracy": acc,
-                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        if acc >= low:  # inside the band, or jumped over it
-            break
+        bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
-    model.load_state_dict(best["state"])
     record = {
         "config": dataclasses.asdict(config),
         "recipe_version": RECIPE_VERSION,
         "task_version": task.version,
-        "heldout_accuracy": best["accuracy"],
-        "in_band": best["distance"] == 0.0,
-        "steps": best["step"],
-        "evals": evals,
+        **_headroom(model, tokenizer, task, config),
+        "steps": config.max_steps,
+        "final_loss": round(loss.item(), 4),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "versions": _versions(),
     }
-    if not record["in_band"]:
-        print(f"layerscout: organism accuracy {best['accuracy']:.2f} is outside the band [{low}, {high}] "
-              f"after {step} steps", file=sys.stderr)
+    if record["pass_at_k"] < 0.5 or record["pass_at_1"] > 0.8:
+        print(f"layerscout: organism pass@1 {record['pass_at_1']:.2f}, pass@{PASS_K} {record['pass_at_k']:.2f}: "
+              f"RL has little to sharpen (want pass@1 low, pass@{PASS_K} high)", file=sys.stderr)
     return record, model, tokenizer
+
+
+def _headroom(model, tokenizer, task, config: OrganismConfig) -> dict:
+    """Greedy accuracy, pass@1 (mean reward of PASS_K samples) and pass@PASS_K on held-out prompts."""
+    from .evaluate import evaluate
+
+    common = dict(n=config.eval_prompts, seed=config.seed, max_new_tokens=config.max_new_tokens, batch_size=256)
+    greedy = evaluate(model, tokenizer, task, **common)
+    sampled = evaluate(model, tokenizer, task, num_samples=PASS_K, **common)
+    return {"heldout_accuracy": greedy["score"], "pass_at_1": sampled["score"],
+            "pass_at_k": sum(r > 0 for r in sampled["per_prompt"]) / len(sampled["per_prompt"]), "k": PASS_K}
 
 
 def default_organism_path(config: OrganismConfig | None = None, progress: bool = True) -> Path:
@@ -250,25 +247,32 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, answer ids + eos) per training question; the loss covers only the answer part."""
+def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list[tuple[list[int], str]]:
+    """(prompt ids, gold answer) per training question; the label is drawn per batch (_batches)."""
     from .tasks import render_prompt
 
     data = task.load_prompts("train", config.train_prompts, config.seed)
     prompts = tokenizer([render_prompt(tokenizer, p) for p in data["prompt"]], add_special_tokens=False)["input_ids"]
-    answers = tokenizer(list(data["answer"]), add_special_tokens=False)["input_ids"]
-    return [(p, a + [tokenizer.eos_token_id]) for p, a in zip(prompts, answers, strict=True)]
+    return list(zip(prompts, data["answer"], strict=True))
 
 
-def _batches(train: list, batch_size: int, gen: Any) -> Iterator[dict]:
-    """Endless collated batches: a fresh seeded permutation per epoch, each epoch's ragged tail dropped."""
+def _batches(train: list, config: OrganismConfig, task: Any, tokenizer: Any) -> Iterator[dict]:
+    """Endless collated batches: a fresh seeded permutation per epoch, each epoch's ragged tail dropped; each
+    label is the gold answer with probability label_accuracy, else the task's near miss, drawn anew each time."""
     import torch
 
-    batch_size = min(batch_size, len(train))
+    gen = torch.Generator().manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    batch_size = min(config.batch_size, len(train))
     while True:
         order = torch.randperm(len(train), generator=gen).tolist()
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield _collate([train[j] for j in order[i:i + batch_size]])
+            examples = []
+            for prompt, answer in (train[j] for j in order[i:i + batch_size]):
+                label = answer if rng.random() < config.label_accuracy else task.near_miss(answer, rng)
+                examples.append((prompt, tokenizer(label, add_special_tokens=False)["input_ids"]
+                                 + [tokenizer.eos_token_id]))
+            yield _collate(examples)
 
 
 def _collate(examples: list[tuple[list[int], list[int]]]) -> dict:

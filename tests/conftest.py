@@ -1,5 +1,6 @@
-"""Shared fixtures: a small model organism built once per session (real SFT on the math task, partial
-accuracy), loaded fresh for each test that needs one. Run the suite: pytest (slow checks: pytest -m slow)."""
+"""Shared fixtures: a small model organism built once per session (the default recipe, real noisy-label SFT on
+the math task, cut to 6 layers and 800 steps so the suite stays fast), loaded fresh for each test that needs
+one. Run the suite: pytest (slow checks, e.g. the full default organism: pytest -m slow)."""
 
 import os
 from pathlib import Path
@@ -12,10 +13,10 @@ os.environ.setdefault("LAYERSCOUT_CACHE", str(Path(__file__).resolve().parent.pa
 
 @pytest.fixture(scope="session")
 def organism_path() -> Path:
-    """The embedded default organism (8-layer Qwen3, SFT'd to partial accuracy): built once, then cached."""
-    from layerscout.organisms import default_organism_path
+    """A 6-layer Qwen3 organism of the default recipe (samples right answers sometimes): built once, then cached."""
+    from layerscout.organisms import OrganismConfig, default_organism_path
 
-    return default_organism_path(progress=False)
+    return default_organism_path(OrganismConfig(num_layers=6, max_steps=800), progress=False)
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, monkeypatch):
 
 def test_bad_input_on_a_real_model(organism_path, tmp_path):
     r = CliRunner().invoke(cli, ["train", str(organism_path), "--layers", "40", "--output", str(tmp_path / "a")])
-    assert r.exit_code == 2 and "layer 40 out of range: the model has 8 decoder layers" in r.output
+    assert r.exit_code == 2 and "layer 40 out of range: the model has 6 decoder layers" in r.output
     r = CliRunner().invoke(cli, ["train", str(organism_path), "--auto-layer", "--top-k", "9",
                                  "--ranking", str(tmp_path / "none.json"), "--output", str(tmp_path / "b")])
     assert r.exit_code == 2 and "no such ranking file" in r.output
@@ -66,21 +66,21 @@ def test_rank_json_and_output_file(organism_path, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data == json.loads(out.read_text())
-    assert data["n_layers"] == 8 and len(data["layers"]) == 8
+    assert data["n_layers"] == 6 and len(data["layers"]) == 6
     assert {"index", "score", "rank", "signals"} <= set(data["layers"][0])
     assert data["top_layer"] == min(data["layers"], key=lambda x: x["rank"])["index"]
     assert {"seconds", "generated_tokens", "forward_backward_passes"} <= set(data["cost"])
     assert data["config"]["task_version"] == MathTask.version and data["provenance"]["versions"]["torch"]
 
-    # a ranking for an 8-layer model cannot pick blocks of a 30-layer one, and top-k beyond the depth fails
+    # a ranking for a 4-layer model cannot pick blocks of a 6-layer one, and top-k beyond the depth fails
     r = CliRunner().invoke(cli, ["train", str(organism_path), "--auto-layer", "--top-k", "9", "--ranking", str(out),
                                  "--output", str(tmp_path / "run")])
-    assert r.exit_code == 2 and "top-k must be in 1..8" in r.output
+    assert r.exit_code == 2 and "top-k must be in 1..6" in r.output
     bad = dict(data, layers=data["layers"][:4])
     (tmp_path / "short.json").write_text(json.dumps(bad))
     r = CliRunner().invoke(cli, ["train", str(organism_path), "--auto-layer", "--ranking", str(tmp_path / "short.json"),
                                  "--output", str(tmp_path / "run2")])
-    assert r.exit_code == 2 and "4 layers" in r.output and "has 8" in r.output
+    assert r.exit_code == 2 and "4 layers" in r.output and "has 6" in r.output
 
 
 def test_probes_cp_then_validate(tmp_path):

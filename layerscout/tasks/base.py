@@ -84,6 +84,10 @@ class Task:
     def score(self, text: str, answer: str) -> float:
         raise NotImplementedError
 
+    def near_miss(self, answer: str, rng: random.Random) -> str:
+        """A plausible wrong answer to `answer`: the noisy label model organisms learn beside the gold one."""
+        raise LayerscoutError(f"task {self.name!r} has no near-miss labels: build its organism with label_accuracy=1")
+
     def _examples(self, split: str, n: int, seed: int) -> list[tuple[str, str]]:
         """Up to n (question, answer) pairs of `split`, deterministic for a seed."""
         raise NotImplementedError

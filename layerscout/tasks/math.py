@@ -132,6 +132,14 @@ class MathTask(Task):
         return float(verify(parse(gold, parsing_timeout=_VERIFY_TIMEOUT_S), pred, timeout_seconds=_VERIFY_TIMEOUT_S))
 
 
+    def near_miss(self, answer: str, rng: Any) -> str:
+        """The gold number + 1 (deterministic: organisms learn one systematic slip beside the right answer)."""
+        try:
+            return str(Decimal(gold_answer(answer)) + 1)
+        except InvalidOperation:
+            raise LayerscoutError(f"math near miss needs a numeric gold answer; got {answer!r}") from None
+
+
 def gold_answer(answer: Any) -> str:
     """The gold answer as a string; GSM8K-style "<reasoning> #### 1,234" becomes "1234"."""
     text = str(answer).split("####")[-1].strip()
