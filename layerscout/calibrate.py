@@ -1,12 +1,13 @@
 """Ground truth for the predictor: per seed, one full-parameter RL run plus one single-block run per scanned
-layer (arXiv 2607.01232), merged into C(k) = (S_k - S_base) / (S_full - S_base). Every run is an independent
-job that writes its own record atomically the moment it finishes, so a sweep resumes after a kill, splits over
-Slurm array tasks (`shard`) or Ray, and `summarize` merges whatever exists. Cost: (layers + 1) × seeds runs.
+layer (arXiv 2607.01232), merged into C(k) = (S_k - S_base) / (S_full - S_base). Every run is scored on the
+same held-out prompts and keeps each prompt's reward, so gains get paired standard errors and C(k) a paired
+bootstrap interval. Every run is an independent job that writes its own record atomically the moment it
+finishes, so a sweep resumes after a kill, splits over Slurm array tasks (`shard`) or Ray, and `summarize`
+merges whatever exists. Cost: (layers + 1) × seeds runs, fewer when a seed's full run gains too little.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -24,11 +25,15 @@ from .records import write_json
 
 MANIFEST = "sweep.json"
 SUMMARY = "contributions.json"
+BASE_EVAL = "base_eval.json"
 # Fields that change what a run produces: a sweep dir refuses a config that differs in any of them.
 IDENTITY = ("model", "task", "task_options", "algo", "steps", "rl")
 # The command that runs exactly job j of n (the manifest carries the config).
-JOB_COMMAND = "python -m layerscout.calibrate {manifest} --shard {j}/{n}"
-RECORD_KEYS = ("job", "seed", "layers", "base_score", "final_score")
+JOB_COMMAND = "layerscout calibrate --config {manifest} --shard {j}/{n}"
+RECORD_KEYS = ("job", "seed", "layers", "base_score", "final_score", "base_eval", "final_eval")
+# Held-out scoring of every calibration run unless `rl` says otherwise: the same 512 prompts for every run and
+# seed (eval_seed), 4 sampled completions each, so sharpening shows even where greedy decoding hides it.
+EVAL_DEFAULTS = {"eval_prompts": 512, "eval_samples": 4, "eval_seed": 0}
 
 
 @dataclass
@@ -41,9 +46,12 @@ class CalibrationConfig:
     task_options: dict[str, Any] = _f({}, "override the recipe's task_options, e.g. {dataset: openai/gsm8k}")
     algo: str = _f("grpo", "loss_type of every run: grpo | dr_grpo")
     layers: str = _f("all", "blocks to scan, one single-block run each: all, 0,4,8, 0-4, ::3")
-    seeds: list[int] = _f([0, 1], "seeds; each gets one full run and one run per scanned block")
-    steps: int = _f(20, "GRPO steps of every run (RLConfig.max_steps)")
-    rl: dict[str, Any] = _f({}, "other RLConfig fields, the same for every run (save_steps defaults to 0 here)")
+    seeds: list[int] = _f([0, 1, 2], "seeds; each gets one full run and one run per scanned block")
+    steps: int = _f(100, "GRPO steps of every run (RLConfig.max_steps)")
+    rl: dict[str, Any] = _f({}, "other RLConfig fields, the same for every run. Defaults here: save_steps 0, "
+                                "eval_prompts 512, eval_samples 4, eval_seed 0 (every run scored on the same prompts)")
+    min_gain_se: float = _f(3.0, "a seed whose full run gains less than this many paired standard errors gets no "
+                                 "single-block runs (0 = run them all)")
     output: str = _f("calibration/runs/default", "sweep dir: sweep.json, runs/<seed>/<job>.json, contributions.json")
     job_cpus: float = _f(1.0, "CPUs reserved per job under the Ray launcher")
     job_gpus: float = _f(0.0, "GPUs reserved per job under the Ray launcher")
@@ -55,12 +63,16 @@ class CalibrationConfig:
             raise LayerscoutError(f"rl sets {', '.join(fixed)}: use algo, steps and seeds instead")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise LayerscoutError(f"seeds must be a non-empty list without repeats; got {self.seeds}")
+        if self.rl.get("eval_seed", 0) is None:
+            raise LayerscoutError("rl.eval_seed must be an int: calibrate scores every run on the same prompts")
+        if self.min_gain_se < 0:
+            raise LayerscoutError(f"min_gain_se must be >= 0; got {self.min_gain_se}")
         self.rl_config(self.seeds[0])  # bad rl keys, types or values fail now, not after the first run
 
     def rl_config(self, seed: int) -> RLConfig:
         """The RLConfig of every run of `seed`. Checkpoints are off unless `rl` asks: a killed run restarts."""
-        return from_dict(RLConfig, {"save_steps": 0, **self.rl, "loss_type": self.algo, "max_steps": self.steps,
-                                    "seed": seed}, source="rl")
+        return from_dict(RLConfig, {"save_steps": 0, **EVAL_DEFAULTS, **self.rl, "loss_type": self.algo,
+                                    "max_steps": self.steps, "seed": seed}, source="rl")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> CalibrationConfig:
@@ -74,8 +86,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> CalibrationConfi
 # ---------------------------------------------------------------- plan
 
 def jobs(config: CalibrationConfig) -> list[dict]:
-    """Every run of the sweep, seed-major (full run, then each block), each with its record path and the shell
-    command that runs exactly it (for Slurm, Ray or any scheduler). Writes DIR/sweep.json, which those
+    """Every run of the sweep: every seed's full run first (the gates), then each seed's blocks, each with its
+    record path and the shell command that runs exactly it (for Slurm, Ray or any scheduler). Writes DIR/sweep.json, which those
     commands read; a dir holding a sweep whose runs would differ (any IDENTITY field) is refused. The task
     and its options are checked here, so a bad one fails before any job starts.
     Example: `[j["command"] for j in jobs(CalibrationConfig(layers="0,4"))]`."""
@@ -85,8 +97,9 @@ def jobs(config: CalibrationConfig) -> list[dict]:
     build_task(_recipe(config))
     out = Path(config.output)
     n_layers = _depth(config.model)
-    runs = [("full", None)] + [(f"layer-{k}", [k]) for k in parse_layers(config.layers, n_layers)]
-    specs = [(seed, name, layers) for seed in config.seeds for name, layers in runs]
+    blocks = [(f"layer-{k}", [k]) for k in parse_layers(config.layers, n_layers)]
+    specs = [(seed, "full", None) for seed in config.seeds]
+    specs += [(seed, name, layers) for seed in config.seeds for name, layers in blocks]
     manifest = out / MANIFEST
     planned = [{"index": j, "id": f"{seed}/{name}", "seed": seed, "name": name, "layers": layers,
                 "record": str(out / "runs" / str(seed) / f"{name}.json"),
@@ -152,31 +165,93 @@ def run_calibration(config: CalibrationConfig, launcher: str = "local", shard: t
                     ray_address: str | None = None, progress: bool = True) -> dict:
     """Run this shard's unfinished jobs (all of them without `shard`), then merge every record in the dir.
 
-    `launcher="local"` runs them one after another in this process; `"ray"` submits each as a Ray task with
-    `job_cpus` / `job_gpus` (needs `pip install ray` and an output dir all workers share). Returns
-    {"ran": [...], "done_before": [...], "summary": summarize(...)}. Example:
+    Full-parameter runs go first: they are each seed's gate. A seed whose full run gains under
+    `min_gain_se` paired standard errors gets no single-block runs (its C would be noise over a small number)
+    and the result says what to raise. A shard whose block jobs need another shard's full run waits for its
+    record. `launcher="local"` runs jobs one after another in this process; `"ray"` submits each phase's jobs
+    as Ray tasks with `job_cpus` / `job_gpus` (needs `pip install ray` and an output dir all workers share).
+    Returns {"ran", "done_before", "skipped" (seed -> why), "summary"}. Example:
     `run_calibration(CalibrationConfig(seeds=[0], layers="::2", output="cal/tiny"), shard=(0, 4))`.
     """
     if launcher not in ("local", "ray"):
         raise LayerscoutError(f"launcher must be local or ray; got {launcher!r}")
-    ray = _import_ray() if launcher == "ray" else None
-    mine = select_shard(jobs(config), shard)
+    launch = _setup_launcher(config, launcher, ray_address, progress)
+    planned = jobs(config)
+    mine = select_shard(planned, shard)
+    todo = _unfinished(config, mine)
+
+    # phase 1: the full-parameter runs, each seed's gate
+    full = [job for job in todo if job["layers"] is None]
+    launch(full)
+    # phase 2: the single-block runs of every seed whose full run gained enough
+    blocks = [job for job in todo if job["layers"] is not None]
+    skipped = _gates(config, planned, sorted({job["seed"] for job in blocks}), progress)
+    blocks = [job for job in blocks if job["seed"] not in skipped]
+    launch(blocks)
+
+    ran = {job["id"] for job in full + blocks}
+    return {"ran": [j["id"] for j in mine if j["id"] in ran],
+            "done_before": [j["id"] for j in mine if j not in todo],
+            "skipped": {str(seed): why for seed, why in skipped.items()}, "summary": summarize(config.output)}
+
+
+def _setup_launcher(config: CalibrationConfig, launcher: str, ray_address: str | None, progress: bool):
+    """A function that runs a list of jobs to completion: in this process, or as Ray tasks."""
+    if launcher == "ray":
+        ray = _import_ray()
+        ray.init(address=ray_address, ignore_reinit_error=True)
+        remote = ray.remote(num_cpus=config.job_cpus, num_gpus=config.job_gpus)(run_job)
+        return lambda todo: ray.get([remote.remote(config, job, False) for job in todo])
+
+    def local(todo: list[dict]) -> None:
+        for job in todo:
+            if progress:
+                print(f"calibrate: {job['id']} (job {job['index']})", file=sys.stderr)
+            run_job(config, job, progress)
+    return local
+
+
+def _unfinished(config: CalibrationConfig, mine: list[dict]) -> list[dict]:
+    """The jobs without a record. The scratch of finished ones goes: a run killed between writing its record
+    and removing its scratch leaves it behind."""
     todo = [job for job in mine if read_record(job["record"]) is None]
-    if not config.keep_runs:  # a run killed between writing its record and removing its scratch
+    if not config.keep_runs:
         for job in mine:
             if job not in todo:
                 shutil.rmtree(_scratch(config, job), ignore_errors=True)
-    if ray is None:
-        for n, job in enumerate(todo, 1):
+    return todo
+
+
+def _gates(config: CalibrationConfig, planned: list[dict], seeds: list[int], progress: bool,
+           poll_seconds: float = 10.0) -> dict[int, str]:
+    """{seed: why} for the seeds whose full run gained under `min_gain_se` paired standard errors. Waits for
+    full-run records another shard is still producing."""
+    from .metrics import paired_gain
+
+    records = {job["seed"]: job["record"] for job in planned if job["layers"] is None}
+    skipped = {}
+    for seed in seeds:
+        full = read_record(records[seed])
+        if full is None and progress:
+            print(f"calibrate: waiting for seed {seed}'s full run ({records[seed]}), run by another shard",
+                  file=sys.stderr)
+        while full is None:
+            time.sleep(poll_seconds)
+            full = read_record(records[seed])
+        gain, se = paired_gain(full["base_eval"]["per_prompt"], full["final_eval"]["per_prompt"])
+        if config.min_gain_se > 0 and not gain > config.min_gain_se * se:
+            skipped[seed] = weak_gain_reason(gain, se, config.min_gain_se)
             if progress:
-                print(f"calibrate: [{n}/{len(todo)}] {job['id']}", file=sys.stderr)
-            run_job(config, job, progress)
-    else:
-        ray.init(address=ray_address, ignore_reinit_error=True)
-        remote = ray.remote(num_cpus=config.job_cpus, num_gpus=config.job_gpus)(run_job)
-        ray.get([remote.remote(config, job, False) for job in todo])
-    return {"ran": [j["id"] for j in todo], "done_before": [j["id"] for j in mine if j not in todo],
-            "summary": summarize(config.output)}
+                print(f"calibrate: seed {seed}: {skipped[seed]}", file=sys.stderr)
+    return skipped
+
+
+def weak_gain_reason(gain: float, se: float, min_gain_se: float) -> str:
+    """Why a seed's single-block runs are not worth running, and what to raise."""
+    z = gain / se if se > 0 else float("inf") if gain > 0 else 0.0
+    return (f"the full run gained {gain:+.3f} = {z:.1f} paired standard errors (< min_gain_se {min_gain_se:g}), so "
+            f"C would be mostly noise: raise steps or rl.learning_rate (tune it on the full run), or "
+            f"rl.eval_prompts / rl.eval_samples for a smaller standard error")
 
 
 def _import_ray():
@@ -189,7 +264,8 @@ def _import_ray():
 
 def run_job(config: CalibrationConfig, job: dict, progress: bool = True) -> dict:
     """One run, then its record, written atomically to job["record"]. Starts from a clean scratch dir: a
-    killed run left no record, only scratch that is safe to overwrite."""
+    killed run left no record, only scratch that is safe to overwrite. The base model is scored once per sweep
+    (DIR/base_eval.json): every run is scored on the same prompts with the same settings."""
     from .recipes import build_task
     from .training import train_layers
 
@@ -197,7 +273,7 @@ def run_job(config: CalibrationConfig, job: dict, progress: bool = True) -> dict
     scratch = _scratch(config, job)
     shutil.rmtree(scratch, ignore_errors=True)
     run = train_layers(config.model, build_task(recipe), job["layers"], config.rl_config(job["seed"]), scratch,
-                       progress=progress)
+                       progress=progress, base_eval_cache=Path(config.output) / BASE_EVAL)
     dropped = ("log_history", "output_dir", "delta")  # per-step logs: reward_curve keeps the reward
     record = {"job": job["id"], **{k: v for k, v in run.items() if k not in dropped},
               "recipe_version": recipe.version, "recipe": str(recipe.path), "job_command": job["command"],
@@ -238,18 +314,18 @@ def read_record(path: str | Path) -> dict | None:
     return record
 
 
-def summarize(directory: str | Path, write: bool = True) -> dict:
-    """Merge every readable record under DIR/runs into C(k) per block and seed; written to
-    DIR/contributions.json unless write=False. Corrupted records are warned about and skipped; jobs without
-    a record are listed in `missing`; a seed whose full run did not beat its base is in `undefined_seeds`, one
-    whose full-run gain is within eval noise in `weak_seeds`."""
+def summarize(directory: str | Path, write: bool = True, n_boot: int = 1000) -> dict:
+    """Merge every readable record under DIR/runs into C(k) per block and seed (contributions()); written to
+    DIR/contributions.json unless write=False. Corrupted records are warned about and skipped; jobs without a
+    record are listed in `missing`."""
     directory = Path(directory)
     manifest = _read_json(directory / MANIFEST)
     records = [r for p in sorted(directory.glob("runs/*/*.json")) if (r := read_record(p)) is not None]
     if manifest is None and not records:
         raise LayerscoutError(f"{directory} holds no calibration sweep (no {MANIFEST}, no runs/*/*.json)")
     planned = manifest["jobs"] if manifest else _implied_jobs(records)
-    summary = contributions(records, planned)
+    min_gain_se = manifest["config"].get("min_gain_se", 3.0) if manifest else 3.0
+    summary = contributions(records, planned, min_gain_se=min_gain_se, n_boot=n_boot)
     if not records:
         summary.update(model=manifest["config"]["model"], task=manifest["config"]["task"],
                        algo=manifest["config"]["algo"], n_layers=manifest["n_layers"])
@@ -267,77 +343,119 @@ def _implied_jobs(records: list[dict]) -> list[dict]:
             for name, layers in [("full", None)] + [(f"layer-{k}", [k]) for k in range(n)]]
 
 
-def contributions(records: list[dict], planned: list[dict]) -> dict:
-    """C(k) per seed and its mean/spread over seeds from run records (pure). `planned`: the job dicts
-    expected (id, seed, layers), which fix the blocks and seeds reported and what counts as missing."""
+def contributions(records: list[dict], planned: list[dict], min_gain_se: float = 3.0, n_boot: int = 1000) -> dict:
+    """C(k) per seed, its mean over seeds with a paired-bootstrap interval, and how far the truth can be trusted
+    (pure). `planned`: the job dicts expected (id, seed, layers), which fix the blocks and seeds reported and what
+    counts as missing. Every run must have been scored on the same prompts (per-prompt rewards in base_eval /
+    final_eval); a seed whose runs were not is undefined, as is one whose full run did not beat the base.
+
+    Per sweep: `gain` per seed (S_full - S_base, its paired SE and their ratio z); `weak_seeds` (z < min_gain_se);
+    `seed_spearman` (mean pairwise Spearman of C between seeds: the single-seed reliability), `reliability` (its
+    Spearman-Brown value for the mean over the seeds) and `noise_ceiling` (sqrt of that: the best Spearman a
+    predictor can expect against the mean C); `priors` (the free rankings' Spearman); `best_blocks`.
+    """
     import numpy as np
 
-    from .metrics import layer_contribution, seed_spearman
+    from .metrics import (layer_contribution, noise_ceiling, paired_bootstrap_contribution, paired_gain, seed_spearman,
+                          spearman_brown)
 
     by_id = {r["job"]: r for r in records}
     seeds = sorted({j["seed"] for j in planned} | {r["seed"] for r in records})
     blocks = sorted({j["layers"][0] for j in planned if j["layers"]} |
                     {r["layers"][0] for r in records if r["layers"]})
-    s_base, s_full, undefined, weak, c = {}, {}, {}, {}, {}
+    ids = records[0]["base_eval"]["ids"] if records else []
+    s_base, s_full, gains, undefined, weak, c, rewards = {}, {}, {}, {}, {}, {}, {}
     for seed in seeds:
         runs = {r["job"].split("/", 1)[1]: r for r in records if r["seed"] == seed}
-        bases = sorted({r["base_score"] for r in runs.values()})
-        if bases:
-            s_base[str(seed)] = bases[0]
-        if "full" in runs:
-            s_full[str(seed)] = runs["full"]["final_score"]
-        if len(bases) > 1:
-            undefined[str(seed)] = (f"the base scores of this seed's runs disagree ({bases}): the model or "
-                                    f"eval settings changed between runs")
-        elif "full" not in runs:
+        if runs:
+            s_base[str(seed)] = next(iter(runs.values()))["base_score"]
+        if any(_eval_ids(r) != ids for r in runs.values()):
+            undefined[str(seed)] = ("its runs were scored on other held-out prompts than the sweep's first record: "
+                                    "the model or eval settings changed between runs")
+            continue
+        if any(r["base_eval"]["per_prompt"] != records[0]["base_eval"]["per_prompt"] for r in runs.values()):
+            undefined[str(seed)] = "its runs' base scores disagree: the model or eval settings changed between runs"
+            continue
+        if "full" not in runs:
             undefined[str(seed)] = "no record of the full run yet"
-        else:
-            scores = {k: runs[f"layer-{k}"]["final_score"] for k in blocks if f"layer-{k}" in runs}
-            try:
-                c[seed] = dict(zip(scores, layer_contribution(list(scores.values()), bases[0], s_full[str(seed)])))
-            except LayerscoutError as e:
-                undefined[str(seed)] = str(e)
-            else:
-                weak.update(_weak_gain(seed, bases[0], runs["full"]))
+            continue
+        base, full = runs["full"]["base_eval"]["per_prompt"], runs["full"]["final_eval"]["per_prompt"]
+        s_full[str(seed)] = runs["full"]["final_score"]
+        gain, se = paired_gain(base, full)
+        gains[str(seed)] = {"gain": gain, "se": se, "z": gain / se if se > 0 else None}
+        scores = {k: runs[f"layer-{k}"]["final_score"] for k in blocks if f"layer-{k}" in runs}
+        try:
+            c[seed] = dict(zip(scores, layer_contribution(list(scores.values()), s_base[str(seed)],
+                                                          s_full[str(seed)])))
+        except LayerscoutError as e:
+            undefined[str(seed)] = str(e)
+            continue
+        if min_gain_se > 0 and not gain > min_gain_se * se:
+            weak[str(seed)] = weak_gain_reason(gain, se, min_gain_se)
+        rewards[seed] = (base, full, [runs[f"layer-{k}"]["final_eval"]["per_prompt"] if f"layer-{k}" in runs
+                                      else [np.nan] * len(base) for k in blocks])
+    low, high = (paired_bootstrap_contribution(*(np.array([rewards[s][i] for s in rewards]) for i in range(3)),
+                                               n=n_boot) if rewards and blocks else ([None] * len(blocks),) * 2)
     layers = []
-    for k in blocks:
+    for i, k in enumerate(blocks):
         per_seed = {str(s): float(c[s][k]) for s in c if k in c[s]}
         values = list(per_seed.values())
         layers.append({
             "index": k,
             "contribution": float(np.mean(values)) if values else None,
+            "ci": [_finite(low[i]), _finite(high[i])] if values else [None, None],
             "spread": float(np.std(values, ddof=1)) if len(values) > 1 else None,
             "per_seed": per_seed,
             "score": {str(r["seed"]): r["final_score"] for r in records if r["layers"] == [k]},
         })
-    common = [k for k in blocks if all(k in c[s] for s in c)]  # blocks every defined seed has a C for
-    agreement = seed_spearman([[c[s][k] for k in common] for s in c])
     first = records[0] if records else {}
+    common = [k for k in blocks if all(k in c[s] for s in c)]  # blocks every defined seed has a C for
+    agreement = _finite(seed_spearman([[c[s][k] for k in common] for s in c]))
     return {
         "model": first.get("model"), "task": first.get("task"),
         "task_versions": sorted({r["task_version"] for r in records if "task_version" in r}),
         "algo": first.get("algo"), "n_layers": first.get("num_layers"), "steps": first.get("steps"),
-        "seeds": seeds, "s_base": s_base, "s_full": s_full, "undefined_seeds": undefined, "weak_seeds": weak,
-        "layers": layers, "seed_spearman": agreement if np.isfinite(agreement) else None,
+        "eval": _eval_settings(first), "seeds": seeds, "s_base": s_base, "s_full": s_full, "gain": gains,
+        "undefined_seeds": undefined, "weak_seeds": weak, "min_gain_se": min_gain_se, "layers": layers,
+        "seed_spearman": agreement,
+        "reliability": _finite(spearman_brown(agreement, len(c))) if agreement is not None else None,
+        "noise_ceiling": _finite(noise_ceiling(agreement, len(c))) if agreement is not None else None,
+        "priors": _prior_agreement(layers, first.get("num_layers")),
         "missing": [j["id"] for j in planned if j["id"] not in by_id],
         "records": len(records),
     }
 
 
-def _weak_gain(seed: int, s_base: float, full: dict) -> dict[str, str]:
-    """{seed: why} when the full run's gain is under two standard errors of the score difference: C is then
-    mostly eval noise divided by a small number. Binary rewards assumed (greedy accuracy, as in math)."""
-    from .metrics import gain_standard_error
+def _eval_ids(record: dict) -> list[str]:
+    ids = record["base_eval"]["ids"]
+    return ids if record["final_eval"]["ids"] == ids else []
 
-    n = (full.get("final_eval") or {}).get("n")
-    if not n:
+
+def _eval_settings(record: dict) -> dict | None:
+    ev = record.get("final_eval")
+    return {k: ev[k] for k in ("n", "num_samples", "greedy")} if ev else None
+
+
+def _prior_agreement(layers: list[dict], n_layers: int | None) -> dict:
+    """Spearman of the free rankings (middle of the stack, shallower first) against the mean C."""
+    import numpy as np
+
+    from .metrics import spearman
+    from .signals.baselines import depth_prior
+
+    defined = [x for x in layers if x["contribution"] is not None]
+    if len(defined) < 2 or not n_layers:
         return {}
-    gain, se = full["final_score"] - s_base, gain_standard_error(s_base, full["final_score"], n)
-    if gain >= 2 * se:
-        return {}
-    return {str(seed): f"S_full - S_base = {gain:.3f} is under 2 standard errors ({2 * se:.3f}) of a score "
-                       f"difference on {n} held-out prompts (independent binomials: an upper bound for paired "
-                       f"scores), so this seed's C may be mostly eval noise"}
+    k = np.array([x["index"] for x in defined])
+    c = [x["contribution"] for x in defined]
+    return {"depth_prior": _finite(spearman(depth_prior(n_layers)[k], c)),
+            "shallower_first": _finite(spearman(-k, c))}
+
+
+def _finite(x) -> float | None:
+    import math
+
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -345,35 +463,3 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
-
-
-# ---------------------------------------------------------------- command line of one job
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m layerscout.calibrate CONFIG [--shard i/n]`: what each job's `command` runs. CONFIG is a YAML of
-    CalibrationConfig fields or a sweep's sweep.json."""
-    parser = argparse.ArgumentParser(prog="python -m layerscout.calibrate", description=main.__doc__)
-    parser.add_argument("config")
-    parser.add_argument("-o", "--override", action="append", default=[], help="key=value on CalibrationConfig")
-    parser.add_argument("--shard", help="i/n: run job j where j %% n == i")
-    parser.add_argument("--launcher", choices=("local", "ray"), default="local")
-    parser.add_argument("--ray-address")
-    parser.add_argument("--print-jobs", action="store_true", help="print the job list as JSON and exit")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config, args.override)
-        shard = parse_shard(args.shard) if args.shard else None
-        if args.print_jobs:
-            print(json.dumps(select_shard(jobs(config), shard), indent=2))
-            return
-        start = time.perf_counter()
-        result = run_calibration(config, args.launcher, shard, args.ray_address, progress=not args.quiet)
-    except LayerscoutError as e:
-        sys.exit(f"error: {e}")
-    print(json.dumps({"ran": result["ran"], "missing": result["summary"]["missing"],
-                      "seconds": round(time.perf_counter() - start, 1)}, indent=2))
-
-
-if __name__ == "__main__":
-    main()

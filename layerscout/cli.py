@@ -266,7 +266,7 @@ def export(ranking_file, fmt, top_k, model):
 @cli.command(epilog="""Examples:
 
 \b
-  layerscout calibrate --task math --algo grpo --seeds 2 --steps 50 --output truth/qwen3
+  layerscout calibrate --task math --algo grpo --seeds 3 --steps 100 --output truth/qwen3
   layerscout calibrate Qwen/Qwen3-1.7B --layers ::3 --output truth/q17 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
   layerscout calibrate --config sweep.yaml --launcher ray --ray-address auto
 """)
@@ -287,15 +287,18 @@ def export(ranking_file, fmt, top_k, model):
 @click.option("--quiet", is_flag=True)
 def calibrate(model, task, algo, layers, seeds, steps, config_file, overrides, output, launcher, ray_address, shard,
               print_jobs, quiet):
-    """Ground truth: base eval, a full-parameter run and one single-block run per block, per seed -> C(k).
-    Each run writes its record the moment it finishes; rerunning skips finished runs."""
+    """Ground truth: a full-parameter run and one single-block run per block, per seed -> C(k). Full runs go
+    first; a seed whose full run gains under min_gain_se paired standard errors gets no block runs. Each run
+    writes its record the moment it finishes; rerunning skips finished runs."""
     from . import calibrate as cal
     from .config import apply_overrides, from_dict, load_yaml
 
     data = cal.load_config(config_file).__dict__ if config_file else {}
     data = apply_overrides(dict(data), list(overrides))
+    if seeds is not None and seeds < 1:
+        raise LayerscoutError(f"--seeds must be >= 1; got {seeds}")
     flags = {"model": model, "task": task, "algo": algo, "layers": layers, "steps": steps, "output": output,
-             "seeds": list(range(seeds)) if seeds else None}
+             "seeds": list(range(seeds)) if seeds is not None else None}
     data.update({k: v for k, v in flags.items() if v is not None})
     config = from_dict(cal.CalibrationConfig, data, source=config_file or "options")
     part = cal.parse_shard(shard) if shard else None
@@ -304,8 +307,9 @@ def calibrate(model, task, algo, layers, seeds, steps, config_file, overrides, o
         return
     result = cal.run_calibration(config, launcher, part, ray_address, progress=not quiet)
     summary = result["summary"]
-    click.echo(json.dumps({"ran": result["ran"], "missing": summary.get("missing"),
-                           "seed_spearman": summary.get("seed_spearman"),
+    click.echo(json.dumps({"ran": result["ran"], "skipped_seeds": result["skipped"],
+                           "missing": summary.get("missing"), "seed_spearman": summary.get("seed_spearman"),
+                           "noise_ceiling": summary.get("noise_ceiling"),
                            "contributions": f"{config.output}/contributions.json"}, indent=2, default=str))
 
 

@@ -2,6 +2,8 @@
 
 S is the quantity in the paper's layer contribution C(k) = (S_k - S_base) / (S_full - S_base). Greedy decoding
 when `num_samples == 1` (deterministic), otherwise `num_samples` sampled completions per prompt, averaged.
+The reward of every prompt is kept, keyed by item id, so two runs scored on the same prompts can be compared
+prompt by prompt (paired standard errors, paired bootstrap: metrics.py).
 Cost: one batched `generate` over n * num_samples sequences of at most `max_new_tokens` tokens.
 """
 
@@ -17,8 +19,8 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
              max_new_tokens: int = 32, batch_size: int = 32, temperature: float = 1.0) -> dict[str, Any]:
     """Score `model` on up to `n` held-out prompts of `task`.
 
-    Returns {"score": mean reward in [0, 1], "n": prompts scored, "num_samples", "greedy", "seconds"}.
-    Example: `evaluate(model, tok, get_task("math"), n=64)["score"]`.
+    Returns {"score": mean reward in [0, 1], "n": prompts scored, "num_samples", "greedy", "seconds",
+    "ids": item id per prompt, "per_prompt": mean reward per prompt over its samples}. Example: `evaluate(model, tok, get_task("math"), n=64)["score"]`.
     """
     import torch
 
@@ -43,5 +45,13 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
         model.train(was_training)
     columns = {c: [v for v in data[c] for _ in range(num_samples)] for c in data.column_names if c != "prompt"}
     rewards = task.reward(texts, **columns)
+    per_prompt = [sum(rewards[i:i + num_samples]) / num_samples for i in range(0, len(rewards), num_samples)]
     return {"score": float(sum(rewards) / len(rewards)), "n": len(prompts), "num_samples": num_samples,
-            "greedy": greedy, "seconds": round(time.perf_counter() - start, 3)}
+            "greedy": greedy, "seconds": round(time.perf_counter() - start, 3),
+            "ids": item_ids(data), "per_prompt": [float(r) for r in per_prompt]}
+
+
+def item_ids(data) -> list[str]:
+    """A stable id per dataset row: its "id" column when the task has one, else the question text."""
+    column = "id" if "id" in data.column_names else "question"
+    return [str(x) for x in data[column]]

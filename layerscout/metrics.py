@@ -7,6 +7,7 @@ with bootstrap intervals over layers and a random-ranking reference. Pure numpy/
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -33,13 +34,62 @@ def layer_contribution(s_k, s_base: float, s_full: float) -> np.ndarray:
     return (np.asarray(s_k, dtype=float) - s_base) / gain
 
 
-def gain_standard_error(s_base: float, s_full: float, n: int) -> float:
-    """Standard error of S_full - S_base, each a mean of n Bernoulli rewards, taken as independent binomials.
-    Both are scored on the same prompts, which makes the true error smaller: this errs towards calling a
-    gain noise. Example: `gain_standard_error(0.25, 0.30, 256)` -> 0.0394."""
-    if n < 1:
-        raise LayerscoutError(f"n must be >= 1; got {n}")
-    return float(np.sqrt((s_base * (1 - s_base) + s_full * (1 - s_full)) / n))
+def paired_gain(base, other) -> tuple[float, float]:
+    """Gain of `other` over `base` scored on the same prompts, and its paired standard error.
+
+    base, other: (n,) per-prompt rewards in the same prompt order. The SE is std(d, ddof=1) / sqrt(n) of the
+    per-prompt differences d: pairing removes the prompt-difficulty variance both runs share, so it is
+    smaller than the SE of two independent scores. Example: `paired_gain([0, 0, 1, 1], [1, 0, 1, 1])` ->
+    (0.25, 0.25).
+    """
+    base, other = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    if base.shape != other.shape or base.ndim != 1 or len(base) < 2:
+        raise LayerscoutError(f"paired scores need two equal-length per-prompt vectors of >= 2 prompts; "
+                              f"got shapes {base.shape} and {other.shape}")
+    d = other - base
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def paired_bootstrap_contribution(base, full, layers, n: int = 1000, seed: int = 0, level: float = 0.95):
+    """Percentile intervals of C(k) over resamples of the prompts, every run resampled at the same prompts.
+
+    base, full: (S, n) per-prompt rewards of S seeds (the same prompts in every seed, so one prompt resample
+    serves all seeds); layers: (S, L, n) with nan where a run is missing. Each resample computes C per seed
+    and block and averages over the seeds that have it, as the point estimate does; resamples where a seed's
+    full run does not beat its base leave that seed out. Returns (low (L,), high (L,)).
+    """
+    base, full, layers = (np.asarray(x, dtype=float) for x in (base, full, layers))
+    rng = np.random.default_rng(seed)
+    draws = np.empty((n, layers.shape[1]))
+    for b, idx in enumerate(rng.integers(0, base.shape[1], (n, base.shape[1]))):
+        s_base, s_full = base[:, idx].mean(axis=1), full[:, idx].mean(axis=1)       # (S,)
+        gain = np.where(s_full - s_base > MIN_GAIN, s_full - s_base, np.nan)[:, None]
+        c = (layers[:, :, idx].mean(axis=2) - s_base[:, None]) / gain               # (S, L)
+        with np.errstate(all="ignore"):
+            draws[b] = np.nanmean(c, axis=0) if np.isfinite(c).any() else np.nan
+    tail = (1.0 - level) / 2 * 100
+    with warnings.catch_warnings():  # a block no seed has a run for is all-nan: its interval is nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
+    return low, high
+
+
+def spearman_brown(r: float, factor: float) -> float:
+    """Reliability of the mean of `factor` parallel measurements, each of reliability r: f·r / (1 + (f-1)·r).
+    Example: `spearman_brown(0.5, 3)` -> 0.75."""
+    if not np.isfinite(r):
+        return float("nan")
+    return float(factor * r / (1.0 + (factor - 1.0) * r))
+
+
+def noise_ceiling(seed_agreement: float, n_seeds: int) -> float:
+    """The highest correlation any predictor can expect with the seed-mean C: sqrt of its Spearman-Brown
+    reliability, from the mean pairwise seed-to-seed Spearman (a perfect predictor is the noise-free profile,
+    whose correlation with a measurement of reliability R is sqrt(R)). nan when the seeds do not agree at all
+    (<= 0). Example: `noise_ceiling(0.5, 3)` -> sqrt(0.75) = 0.866."""
+    if not np.isfinite(seed_agreement) or seed_agreement <= 0:
+        return float("nan")
+    return float(np.sqrt(spearman_brown(seed_agreement, n_seeds)))
 
 
 def spearman(pred, true) -> float:
@@ -81,6 +131,13 @@ def top1_recovered(pred, true_c) -> float:
     if best <= 0:
         return float("nan")
     return float(true_c[top_indices(pred, 1)[0]] / best)
+
+
+def top1_regret(pred, true_c) -> float:
+    """C(best layer) - C(layer the prediction ranks first): 0 = the best layer was picked; in units of the full
+    run's gain. (L,), (L,) -> float"""
+    true_c = np.asarray(true_c, dtype=float)
+    return float(true_c.max() - true_c[top_indices(pred, 1)[0]])
 
 
 def topk_overlap(pred, true, k: int) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import itertools
 import re
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,15 @@ from .errors import LayerscoutError
 from .ranking import LayerRanking
 from .records import write_json
 
-METRICS = ("spearman", "kendall", "top1_recovered", "topk_overlap", "ndcg")
+METRICS = ("spearman", "kendall", "top1_recovered", "top1_regret", "topk_overlap", "ndcg")
+LEGEND = (
+    "C(k) = (S_k - S_base) / (S_full - S_base): the share of full-parameter RL's held-out gain that RL on block k "
+    "alone recovers (1 = as much, > 1 = more, < 0 = worse than the base). S_base: the base model's held-out score; "
+    "S_full: after full-parameter RL; S_k: after RL on block k only, same settings. Gain in paired SE: "
+    "(S_full - S_base) over the standard error of the per-prompt differences. Seed agreement: mean pairwise "
+    "Spearman of C between seeds; noise ceiling: sqrt of its Spearman-Brown reliability for the seed mean, the "
+    "best Spearman any ranking can expect against this truth. Top-1 regret: C(best block) - C(block ranked first). "
+    "Intervals: 95 % bootstrap over layers (random ranking: the central 95 % of random rankings).")
 
 
 def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: int = 3, n_boot: int = 1000,
@@ -61,43 +68,99 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
     out.mkdir(parents=True, exist_ok=True)
     plots = [p for name, r in named for p in _plots(name, r, blocks, truth, out)]
     report = {"truth": {key: truth[key] for key in ("directory", "model", "task", "task_versions", "algo",
-                                                    "n_layers", "seeds", "s_base", "s_full", "undefined_seeds",
-                                                    "weak_seeds", "seed_spearman", "missing")},
+                                                    "n_layers", "seeds", "s_base", "s_full", "gain",
+                                                    "undefined_seeds", "weak_seeds", "seed_spearman", "reliability",
+                                                    "noise_ceiling", "missing")},
               "blocks": blocks, "true_contribution": true_c.tolist(), "k": k, "n_boot": n_boot, "seed": seed,
               "rows": rows, "plots": [p.name for p in plots]}
+    report["verdict"] = verdict(report)
     write_json(out / "report.json", report)
     (out / "report.md").write_text(_markdown(report))
     (out / "report.html").write_text(_html(report, plots))
     return report
 
 
+def verdict(report: dict) -> str:
+    """One line per ranking: does it beat both free priors (middle of the stack, shallower first) on Spearman,
+    and how close is it to the noise ceiling."""
+    rows = {r["name"]: r["metrics"] for r in report["rows"]}
+    priors = {name: rows[name]["spearman"]["value"] for name in ("depth prior (middle)", "shallower first")}
+    ceiling = report["truth"]["noise_ceiling"]
+    lines = []
+    for r in (r for r in report["rows"] if r["kind"] == "ranking"):
+        rho, regret = r["metrics"]["spearman"]["value"], r["metrics"]["top1_regret"]["value"]
+        if rho is None:
+            lines.append(f"{r['name']}: no Spearman (a constant ranking or truth)")
+            continue
+        beaten = [name for name, v in priors.items() if v is None or rho > v]
+        head = ("beats both free priors" if len(beaten) == 2 else
+                f"beats only the {beaten[0]} prior" if beaten else "beats neither free prior")
+        of_ceiling = (f", {100 * rho / ceiling:.0f} % of the noise ceiling {ceiling:.2f}" if ceiling
+                      else ", no noise ceiling")
+        lines.append(f"{r['name']}: {head} (Spearman {rho:.2f} vs middle {_fmt(priors['depth prior (middle)'])}, "
+                     f"shallower-first {_fmt(priors['shallower first'])}){of_ceiling}; top-1 regret {_fmt(regret)}")
+    return "; ".join(lines)
+
+
 def compare(truth_dirs: list[str | Path], output_dir: str | Path | None = None) -> dict:
-    """Spearman of C between every pair of sweeps (e.g. two seeds' dirs, math vs code, GRPO vs Dr. GRPO), over
-    the blocks where both define C: how far the ground truth agrees with itself. Same depth required.
-    The result carries the table as `markdown`; with `output_dir` it is also written there as compare.md and
+    """One row per sweep (gain in paired SE, seed agreement, noise ceiling, where the best blocks sit, the free
+    priors' Spearman), then the Spearman of C between every pair of sweeps of the same depth (e.g. math vs code,
+    GRPO vs Dr. GRPO), over the blocks where both define C: how far the ground truth agrees with itself.
+    The result carries the tables as `markdown`; with `output_dir` it is also written there as compare.md and
     compare.json. Example: `compare(["cal/math", "cal/code"])["matrix"]`."""
     from .calibrate import summarize
 
-    if len(truth_dirs) < 2:
-        raise LayerscoutError("compare needs at least 2 calibration dirs")
+    if not truth_dirs:
+        raise LayerscoutError("compare needs at least 1 calibration dir")
     summaries = [summarize(d, write=False) for d in truth_dirs]
-    for (d1, s1), (d2, s2) in itertools.combinations(zip(truth_dirs, summaries), 2):
-        if s1["n_layers"] != s2["n_layers"]:
-            raise LayerscoutError(f"{d1} has {s1['n_layers']} layers but {d2} has {s2['n_layers']}: "
-                                  f"C is only comparable at the same depth")
     c = [{x["index"]: x["contribution"] for x in s["layers"] if x["contribution"] is not None} for s in summaries]
-    matrix = [[_common_spearman(a, b) for b in c] for a in c]
+    matrix = [[_common_spearman(a, b) if sa["n_layers"] == sb["n_layers"] else float("nan")
+               for b, sb in zip(c, summaries)] for a, sa in zip(c, summaries)]
     labels = _unique_labels([Path(d) for d in truth_dirs])
-    result = {"dirs": [str(d) for d in truth_dirs], "labels": labels,
+    sweeps = [sweep_row(label, s) for label, s in zip(labels, summaries)]
+    result = {"dirs": [str(d) for d in truth_dirs], "labels": labels, "sweeps": sweeps,
               "matrix": [[_json_float(v) for v in row] for row in matrix],
               "blocks": [sorted(x) for x in c]}
+    columns = ("sweep", "model", "algo", "layers", "seeds", "full-run gain (paired SE)", "seed Spearman",
+               "noise ceiling", "best blocks (% of depth)", "middle prior", "shallower first")
+    table = ("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+             + "".join("| " + " | ".join(str(row[c]) for c in columns) + " |\n" for row in sweeps))
     head = "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
     body = "".join(f"| {label} | " + " | ".join(_fmt(v) for v in row) + " |\n" for label, row in zip(labels, matrix))
-    markdown = f"# Agreement of C(k) across sweeps (Spearman)\n\n{head}{body}"
+    markdown = (f"# Calibration sweeps\n\n{table}\n# Agreement of C(k) across sweeps (Spearman; – where the "
+                f"depths differ)\n\n{head}{body}")
     if output_dir is not None:
         write_json(Path(output_dir) / "compare.json", result)
         (Path(output_dir) / "compare.md").write_text(markdown)
     return {**result, "markdown": markdown}
+
+
+def sweep_row(label: str, summary: dict) -> dict:
+    """The one-line description of a sweep in `compare`'s table (strings, for Markdown)."""
+    gains = summary["gain"].values()
+    z = [g["z"] for g in gains if g["z"] is not None]
+    seeds = len(summary["seeds"])
+    gain = (f"{min(g['gain'] for g in gains):+.3f}…{max(g['gain'] for g in gains):+.3f} "
+            f"({min(z):.1f}–{max(z):.1f} SE)" if z else "–")
+    priors = summary["priors"] or {}
+    return {"sweep": label, "model": Path(summary["model"] or "?").name, "algo": summary["algo"],
+            "layers": summary["n_layers"], "seeds": seeds, "full-run gain (paired SE)": gain,
+            "seed Spearman": _fmt(summary["seed_spearman"]), "noise ceiling": _fmt(summary["noise_ceiling"]),
+            "best blocks (% of depth)": contribution_shape(summary),
+            "middle prior": _fmt(priors.get("depth_prior")), "shallower first": _fmt(priors.get("shallower_first"))}
+
+
+def contribution_shape(summary: dict, top: int = 3) -> str:
+    """Where the best blocks sit, e.g. "2, 3, 1 (15–25 %); worst 11 (100 %)"."""
+    defined = [x for x in summary["layers"] if x["contribution"] is not None]
+    n = summary["n_layers"] or 1
+    if len(defined) < 2:
+        return "–"
+    ranked = sorted(defined, key=lambda x: -x["contribution"])
+    depth = [round(100 * x["index"] / max(1, n - 1)) for x in ranked[:top]]
+    worst = ranked[-1]
+    return (f"{', '.join(str(x['index']) for x in ranked[:top])} ({min(depth)}–{max(depth)} %); worst "
+            f"{worst['index']} ({round(100 * worst['index'] / max(1, n - 1))} %)")
 
 
 # ---------------------------------------------------------------- inputs
@@ -153,7 +216,7 @@ def _metrics(k: int) -> dict:
     from . import metrics as m
 
     return {"spearman": m.spearman, "kendall": m.kendall, "top1_recovered": m.top1_recovered,
-            "topk_overlap": partial(m.topk_overlap, k=k), "ndcg": partial(m.ndcg, k=k)}
+            "top1_regret": m.top1_regret, "topk_overlap": partial(m.topk_overlap, k=k), "ndcg": partial(m.ndcg, k=k)}
 
 
 def _score_row(name: str, kind: str, pred: np.ndarray, true_c: np.ndarray, metrics: dict, n_boot: int, seed: int,
@@ -184,6 +247,19 @@ def _json_float(x: float) -> float | None:
 
 
 # ---------------------------------------------------------------- plots
+
+CAPTIONS = {
+    "bars": "Top: true C(k) per block (mean over seeds, error bar: spread across seeds; dashed line: C = 1, as much "
+            "as full-parameter RL). Bottom: the ranking's predicted score per block.",
+    "scatter": "Each block's predicted score (x) against its true C(k) (y), labelled by block index: a perfect "
+               "predictor puts the points in increasing order.",
+    "ranks": "Predicted rank (x) against true rank (y), 1 = best; points on the dashed diagonal are ranked exactly.",
+}
+
+
+def _caption(path: str) -> str:
+    return CAPTIONS[Path(path).stem.rsplit("_", 1)[-1]]
+
 
 def _plots(name: str, ranking: LayerRanking, blocks: list[int], truth: dict, out: Path) -> list[Path]:
     """Per ranking: per-layer bars of true C and the predicted score, C vs score scatter, rank vs rank."""
@@ -260,20 +336,29 @@ def _cell(c: dict) -> str:
 def _table(report: dict) -> tuple[list[str], list[list[str]]]:
     """Header and rows shared by the Markdown and HTML renderings."""
     k = report["k"]
-    header = ["name", "kind", "Spearman", "Kendall", "top-1 recovered", f"top-{k} overlap", f"NDCG@{k}", "note"]
-    rows = [[r["name"], r["kind"], *(_cell(r["metrics"][m]) for m in METRICS), r["note"] or ""]
-            for r in report["rows"]]
+    ceiling = report["truth"]["noise_ceiling"]
+    header = ["name", "kind", "Spearman", "of ceiling", "Kendall", "top-1 recovered", "top-1 regret",
+              f"top-{k} overlap", f"NDCG@{k}", "note"]
+    rows = []
+    for r in report["rows"]:
+        cells = [_cell(r["metrics"][m]) for m in METRICS]
+        rho = r["metrics"]["spearman"]["value"]
+        share = f"{100 * rho / ceiling:.0f} %" if ceiling and rho is not None else "–"
+        rows.append([r["name"], r["kind"], cells[0], share, *cells[1:], r["note"] or ""])
     return header, rows
 
 
 def _facts(report: dict) -> list[str]:
     t = report["truth"]
     c = ", ".join(f"{k}: {_fmt(v)}" for k, v in zip(report["blocks"], report["true_contribution"]))
+    gains = ", ".join(f"seed {s}: {g['gain']:+.3f} ({_fmt(g['z'])} SE)" for s, g in t["gain"].items()) or "–"
     facts = [f"truth: {t['directory']} — {t['model']}, task {t['task']} (versions {t['task_versions']}), "
              f"{t['algo']}, {t['n_layers']} layers, seeds {t['seeds']}",
              f"S_base per seed: {_per_seed(t['s_base'])}; S_full per seed: {_per_seed(t['s_full'])}",
+             f"full-run gain per seed (paired SE): {gains}",
              f"true C(k) (mean over seeds): {c}",
-             f"seed agreement (mean pairwise Spearman of C): {_fmt(t['seed_spearman'])}",
+             f"seed agreement (mean pairwise Spearman of C): {_fmt(t['seed_spearman'])}; Spearman-Brown reliability "
+             f"of the seed mean: {_fmt(t['reliability'])}; noise ceiling: {_fmt(t['noise_ceiling'])}",
              f"compared on {len(report['blocks'])} of {t['n_layers']} blocks; intervals: 95 % bootstrap over "
              f"layers ({report['n_boot']} resamples)"]
     if t["missing"]:
@@ -285,10 +370,11 @@ def _facts(report: dict) -> list[str]:
 
 def _markdown(report: dict) -> str:
     header, rows = _table(report)
-    lines = ["# Layer ranking validation", "", *(f"- {f}" for f in _facts(report)), "",
+    lines = ["# Layer ranking validation", "", f"**Verdict:** {report['verdict']}", "", f"*{LEGEND}*", "",
+             *(f"- {f}" for f in _facts(report)), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
              *("| " + " | ".join(r) + " |" for r in rows), ""]
-    lines += [f"![{p}]({p})" for p in report["plots"]]
+    lines += [f"![{p}]({p})\n\n*{_caption(p)}*\n" for p in report["plots"]]
     return "\n".join(lines) + "\n"
 
 
@@ -298,15 +384,17 @@ def _html(report: dict, plots: list[Path]) -> str:
     table = ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
     images = "".join(f'<figure><img alt="{esc(p.name)}" src="data:image/png;base64,'
-                     f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{esc(p.name)}</figcaption></figure>'
-                     for p in plots)
+                     f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{esc(_caption(p.name))}'
+                     f'</figcaption></figure>' for p in plots)
     style = ("body{font-family:sans-serif;margin:2em;max-width:1150px}table{border-collapse:collapse;font-size:13px}"
              "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;white-space:nowrap}th{background:#eee}"
              "td:last-child{white-space:normal}"
-             "figure{display:inline-block;margin:8px}img{max-width:100%}")
+             "figure{display:inline-block;margin:8px;max-width:520px;vertical-align:top}img{max-width:100%}"
+             "figcaption{font-size:12px;color:#444}")
     facts = "".join(f"<li>{esc(f)}</li>" for f in _facts(report))
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>layerscout validation</title>"
-            f"<style>{style}</style></head><body><h1>Layer ranking validation</h1><ul>{facts}</ul>{table}"
+            f"<style>{style}</style></head><body><h1>Layer ranking validation</h1>"
+            f"<p><b>Verdict:</b> {esc(report['verdict'])}</p><p><i>{esc(LEGEND)}</i></p><ul>{facts}</ul>{table}"
             f"{images}</body></html>\n")
 
 

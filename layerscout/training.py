@@ -23,12 +23,13 @@ BASE_EVAL = "base_eval.json"
 
 def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConfig | None = None,
                  output_dir: str | Path = "runs/train", resume: bool = False, progress: bool = True,
-                 callbacks: list | None = None) -> dict:
+                 callbacks: list | None = None, base_eval_cache: str | Path | None = None) -> dict:
     """GRPO / Dr. GRPO on `task`, updating only decoder blocks `layers` (None = full-parameter run).
 
     `model`: a ModelSpec, hub id / path, None (default organism) or an in-memory (model, tokenizer) pair, which
     is trained in place. `resume=True` continues from the newest `checkpoint-*` in `output_dir`. `callbacks`
-    are extra TrainerCallbacks (per-step measurements). Returns the run record also written to
+    are extra TrainerCallbacks (per-step measurements). `base_eval_cache`: where the base model's held-out score
+    is cached (default `output_dir/base_eval.json`); runs that share it score the base once. Returns the run record also written to
     `output_dir/train_report.json`. Example:
     `train_layers(None, "math", [2], RLConfig(max_steps=10), "runs/l2")["final_score"]`.
     """
@@ -39,7 +40,7 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
     task = _setup_task(task)
     trainable, base_state = _setup_freeze(model, layers, config)
     with _progress_bars(progress):
-        base_eval = _base_eval(model, tokenizer, task, config, out)
+        base_eval = _base_eval(model, tokenizer, task, config, Path(base_eval_cache or out / BASE_EVAL))
         trainer, timer = _setup_trainer(model, tokenizer, task, config, out, trainable, in_memory, progress,
                                         callbacks or [])
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -106,16 +107,19 @@ def _setup_freeze(model, layers: list[int] | None, config: RLConfig) -> tuple[li
     return trainable, {} if layers is None else {n: own[n].detach().to("cpu", copy=True) for n in trainable}
 
 
-def _base_eval(model, tokenizer, task, config: RLConfig, out: Path) -> dict:
-    """The base model's held-out score; cached in the output dir so a resumed run does not re-score it."""
-    settings = {"task": task.name, "task_version": task.version, "n": config.eval_prompts,
-                "seed": _eval_seed(config), "num_samples": config.eval_samples,
-                "max_new_tokens": config.max_completion_length}
-    cached = out / BASE_EVAL
+def _base_eval(model, tokenizer, task, config: RLConfig, cached: Path) -> dict:
+    """The base model's held-out score, cached in `cached` (written atomically) so a resumed run, or every run
+    of a calibration sweep, does not re-score it."""
+    from .records import write_json
+
+    settings = {"task": task.name, "task_version": task.version, "task_options": task.config,
+                "n": config.eval_prompts, "seed": _eval_seed(config), "num_samples": config.eval_samples,
+                "temperature": config.temperature, "max_new_tokens": config.max_completion_length}
+    settings = json.loads(json.dumps(settings))
     if cached.exists() and (saved := json.loads(cached.read_text())).get("settings") == settings:
         return saved["result"]
     result = _evaluate(model, tokenizer, task, config)
-    cached.write_text(json.dumps({"settings": settings, "result": result}, indent=2))
+    write_json(cached, {"settings": settings, "result": result})
     return result
 
 

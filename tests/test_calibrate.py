@@ -1,7 +1,9 @@
-"""Calibration sweeps on a tiny random 2-layer Qwen3 (1 GRPO step per run, 3 runs per seed): a sweep killed
-after its first record resumes without rerunning or losing a job, same seed gives the same records, shards
-partition the jobs, corrupted records are skipped and rerun, C is merged as computed by hand.
-Run: pytest tests/test_calibrate.py   (about 60 s on 2 CPU cores)"""
+"""Calibration sweeps. Mechanics on a tiny random 2-layer Qwen3 (1 GRPO step per run, 3 runs per seed, the
+gain gate off): a sweep killed after its first record resumes without rerunning or losing a job, same seed
+gives the same records, shards partition the jobs, corrupted records are skipped and rerun. On the test
+organism: a real sweep trains to a defined C with paired intervals, and a weak full run gates its seed's block
+runs. C, paired SEs, reliability and the noise ceiling are merged as computed by hand.
+Run: pytest tests/test_calibrate.py   (about 2 min on 2 CPU cores)"""
 
 import json
 import shutil
@@ -19,7 +21,7 @@ from layerscout.errors import LayerscoutError
 from layerscout.tasks.math import MathTask
 
 RL = dict(train_prompts=8, prompts_per_step=2, num_generations=2, max_completion_length=4, eval_prompts=4,
-          learning_rate=1e-3)
+          eval_samples=1, learning_rate=1e-3)
 IDS = ["0/full", "0/layer-0", "0/layer-1"]
 
 
@@ -35,7 +37,8 @@ def tiny_model(tmp_path_factory):
 
 
 def config(model, output, **kw):
-    return CalibrationConfig(**{"model": model, "seeds": [0], "steps": 1, "rl": RL, "output": str(output), **kw})
+    return CalibrationConfig(**{"model": model, "seeds": [0], "steps": 1, "rl": RL, "output": str(output),
+                                "min_gain_se": 0.0, **kw})
 
 
 def records(directory):
@@ -47,8 +50,9 @@ def resumed(tiny_model, tmp_path_factory):
     """A sweep run in a subprocess, SIGKILLed once its first record appears, then rerun here."""
     out = tmp_path_factory.mktemp("killed")
     cfg = out / "calibration.yaml"
-    cfg.write_text(yaml.safe_dump({"model": tiny_model, "seeds": [0], "steps": 1, "rl": RL, "output": str(out)}))
-    proc = subprocess.Popen([sys.executable, "-m", "layerscout.calibrate", str(cfg), "--quiet"],
+    cfg.write_text(yaml.safe_dump({"model": tiny_model, "seeds": [0], "steps": 1, "rl": RL, "output": str(out),
+                                   "min_gain_se": 0.0}))
+    proc = subprocess.Popen([sys.executable, "-m", "layerscout.cli", "calibrate", "--config", str(cfg), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not list(out.glob("runs/*/*.json")) and proc.poll() is None and time.time() < deadline:
@@ -124,12 +128,12 @@ def test_corrupted_record_is_skipped_then_rerun(resumed, tmp_path):
     assert (copy / "runs/0/layer-0.json").read_bytes() == kept
 
 
-def test_shards_partition_the_jobs(tiny_model, tmp_path):
+def test_shards_partition_the_jobs_full_runs_first(tiny_model, tmp_path):
     planned = jobs(config(tiny_model, tmp_path, seeds=[0, 1]))
-    assert [j["id"] for j in planned] == IDS + ["1/full", "1/layer-0", "1/layer-1"]
+    assert [j["id"] for j in planned] == ["0/full", "1/full", "0/layer-0", "0/layer-1", "1/layer-0", "1/layer-1"]
     shards = [select_shard(planned, (i, 4)) for i in range(4)]
     assert [[j["index"] for j in s] for s in shards] == [[0, 4], [1, 5], [2], [3]]
-    assert planned[5]["command"] == f"python -m layerscout.calibrate {tmp_path}/sweep.json --shard 5/6"
+    assert planned[5]["command"] == f"layerscout calibrate --config {tmp_path}/sweep.json --shard 5/6"
     assert select_shard(planned, parse_shard("5/6")) == [planned[5]]
     for bad in ("4/4", "x", "1/0"):
         with pytest.raises(LayerscoutError, match="shard must"):
@@ -143,15 +147,12 @@ def test_ray_launcher_runs_jobs_as_tasks_on_a_local_ray(tiny_model, tmp_path):
     ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[ray]'")
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        result = run_calibration(config(tiny_model, tmp_path, job_gpus=0.5), launcher="ray", shard=(1, 3),
-                                 progress=False)
+        result = run_calibration(config(tiny_model, tmp_path, job_gpus=0.5), launcher="ray", progress=False)
     finally:
         ray.shutdown()
     recs = records(tmp_path)
-    assert result["ran"] == ["0/layer-0"] and sorted(recs) == ["0/layer-0"]
-    assert "default_worker.py" in recs["0/layer-0"]["command"]  # it ran in a Ray worker process
-    assert result["summary"]["missing"] == ["0/full", "0/layer-1"]
-    assert result["summary"]["undefined_seeds"] == {"0": "no record of the full run yet"}
+    assert result["ran"] == IDS and sorted(recs) == IDS and result["summary"]["missing"] == []
+    assert all("default_worker.py" in r["command"] for r in recs.values())  # each ran in a Ray worker process
 
 
 def test_ray_missing_is_a_clear_error(tiny_model, tmp_path, monkeypatch):
@@ -167,49 +168,92 @@ def test_config_errors(tmp_path):
         CalibrationConfig(rl={"learning_rat": 1e-3})
     with pytest.raises(LayerscoutError, match="without repeats"):
         CalibrationConfig(seeds=[0, 0])
+    with pytest.raises(LayerscoutError, match="eval_seed must be an int"):
+        CalibrationConfig(rl={"eval_seed": None})
     with pytest.raises(LayerscoutError, match="has no option 'nope'"):
         jobs(CalibrationConfig(task_options={"nope": 1}, output=str(tmp_path)))
     assert all(f.metadata.get("help") for f in CalibrationConfig.__dataclass_fields__.values())
 
 
+# ---------------------------------------------------------------- a real sweep on the organism
+
+ORGANISM_RL = dict(learning_rate=3e-4, prompts_per_step=8, max_completion_length=8, eval_prompts=128)
+
+
+def test_sweep_on_the_organism_trains_to_a_defined_contribution(organism_path, tmp_path):
+    """40 GRPO steps at lr 3e-4 lift the organism's sampled accuracy by ~0.14 (6 paired SE, measured): C is
+    defined, each block's C sits inside its paired-bootstrap interval, the gate lets the seed through."""
+    result = run_calibration(CalibrationConfig(model=str(organism_path), seeds=[0], layers="0,5", steps=40,
+                                               rl=ORGANISM_RL, output=str(tmp_path)), progress=False)
+    summary = result["summary"]
+    assert result["ran"] == ["0/full", "0/layer-0", "0/layer-5"] and result["skipped"] == {}
+    gain = summary["gain"]["0"]
+    assert gain["gain"] > 3 * gain["se"] > 0 and not summary["weak_seeds"] and not summary["undefined_seeds"]
+    assert summary["eval"] == {"n": 128, "num_samples": 4, "greedy": False}
+    for block in summary["layers"]:
+        low, high = block["ci"]
+        assert low <= block["contribution"] <= high and high - low > 0
+    full = records(tmp_path)["0/full"]
+    assert len(full["final_eval"]["per_prompt"]) == 128 and full["final_eval"]["ids"] == full["base_eval"]["ids"]
+    assert json.loads((tmp_path / "base_eval.json").read_text())["result"] == full["base_eval"]  # scored once
+
+
+def test_a_weak_full_run_gates_its_seeds_block_runs(organism_path, tmp_path):
+    cfg = CalibrationConfig(model=str(organism_path), seeds=[0], layers="0,5", steps=2, rl=ORGANISM_RL,
+                            output=str(tmp_path), min_gain_se=50.0)
+    result = run_calibration(cfg, progress=False)
+    assert result["ran"] == ["0/full"] and sorted(records(tmp_path)) == ["0/full"]
+    assert "paired standard errors (< min_gain_se 50)" in result["skipped"]["0"]
+    assert "raise steps or rl.learning_rate" in result["skipped"]["0"]
+    assert result["summary"]["missing"] == ["0/layer-0", "0/layer-5"]
+    # lowering the bar later runs the skipped jobs, and nothing else
+    again = run_calibration(load_config(tmp_path / "sweep.json", ["min_gain_se=0"]), progress=False)
+    assert again["ran"] == ["0/layer-0", "0/layer-5"] and again["done_before"] == ["0/full"]
+
+
 # ---------------------------------------------------------------- merging, by hand
 
-def _rec(seed, name, base, final):
+IDS4 = ["a", "b", "c", "d"]
+BASE = [0.0, 0.0, 0.0, 1.0]
+
+
+def _rec(seed, name, final, base=BASE):
     layers = None if name == "full" else [int(name.split("-")[1])]
-    return {"job": f"{seed}/{name}", "seed": seed, "layers": layers, "base_score": base, "final_score": final,
-            "model": "m", "task": "math", "task_version": 1, "algo": "grpo", "num_layers": 3, "steps": 5}
+    ev = lambda pp: {"score": sum(pp) / len(pp), "n": len(pp), "num_samples": 1, "greedy": True, "ids": IDS4,
+                     "per_prompt": pp}
+    return {"job": f"{seed}/{name}", "seed": seed, "layers": layers, "base_score": sum(base) / 4,
+            "final_score": sum(final) / 4, "base_eval": ev(base), "final_eval": ev(final), "model": "m",
+            "task": "math", "task_version": 1, "algo": "grpo", "num_layers": 3, "steps": 5}
 
 
 def test_contributions_by_hand():
-    recs = [_rec(0, "full", 0.2, 0.6), _rec(0, "layer-0", 0.2, 0.5), _rec(0, "layer-1", 0.2, 0.3),
-            _rec(0, "layer-2", 0.2, 0.1),  # C = 0.75, 0.25, -0.25
-            _rec(1, "full", 0.2, 0.4), _rec(1, "layer-0", 0.2, 0.4), _rec(1, "layer-1", 0.2, 0.2),
-            _rec(1, "layer-2", 0.2, 0.3),  # C = 1.0, 0.0, 0.5
-            _rec(2, "full", 0.3, 0.3), _rec(2, "layer-0", 0.3, 0.9)]  # S_full == S_base
+    recs = [_rec(0, "full", [1, 1, 0, 1]), _rec(0, "layer-0", [1, 1, 0, 1]), _rec(0, "layer-1", [1, 0, 0, 1]),
+            _rec(0, "layer-2", [0, 0, 0, 1]),  # S_base 0.25, S_full 0.75: C = 1, 0.5, 0
+            _rec(1, "full", [1, 1, 1, 1]), _rec(1, "layer-0", [1, 0, 0, 1]), _rec(1, "layer-1", [1, 1, 1, 1]),
+            _rec(1, "layer-2", [0, 0, 0, 0]),  # S_full 1: C = 1/3, 1, -1/3
+            _rec(2, "full", BASE), _rec(2, "layer-0", [1, 1, 1, 1])]  # S_full == S_base
     planned = [{"id": f"{s}/{n}", "seed": s, "layers": None if n == "full" else [int(n[-1])]}
                for s in (0, 1, 2) for n in ("full", "layer-0", "layer-1", "layer-2")]
-    out = contributions(recs, planned)
-    assert [x["contribution"] for x in out["layers"]] == pytest.approx([0.875, 0.125, 0.125])
-    assert [x["spread"] for x in out["layers"]] == pytest.approx([0.25 / 2**0.5, 0.25 / 2**0.5, 0.75 / 2**0.5])
-    assert out["layers"][2]["per_seed"] == pytest.approx({"0": -0.25, "1": 0.5})
-    assert out["layers"][0]["score"] == {"0": 0.5, "1": 0.4, "2": 0.9}
-    assert out["seed_spearman"] == pytest.approx(0.5)  # ranks 3,2,1 vs 3,1,2
-    assert out["s_base"] == {"0": 0.2, "1": 0.2, "2": 0.3} and out["s_full"]["2"] == 0.3
-    assert "S_full=0.3, S_base=0.3" in out["undefined_seeds"]["2"]
+    out = contributions(recs, planned, min_gain_se=2.0, n_boot=200)
+    assert [x["contribution"] for x in out["layers"]] == pytest.approx([2 / 3, 0.75, -1 / 6])
+    assert out["layers"][2]["per_seed"] == pytest.approx({"0": 0.0, "1": -1 / 3})
+    assert out["layers"][0]["score"] == {"0": 0.75, "1": 0.5, "2": 1.0}
+    # seed 0: d = 1,1,0,0: gain 0.5, sd 0.577, se 0.289 (z 1.73 < 2: weak); seed 1: d = 1,1,1,0: se 0.25, z 3
+    assert out["gain"]["0"] == pytest.approx({"gain": 0.5, "se": 3 ** -0.5 / 2, "z": 3 ** 0.5})
+    assert out["gain"]["1"] == pytest.approx({"gain": 0.75, "se": 0.25, "z": 3.0})
+    assert list(out["weak_seeds"]) == ["0"] and "1.7 paired standard errors" in out["weak_seeds"]["0"]
+    assert out["seed_spearman"] == pytest.approx(0.5)                 # ranks 3,2,1 vs 2,3,1
+    assert out["reliability"] == pytest.approx(2 / 3)                  # Spearman-Brown: 2 * 0.5 / 1.5
+    assert out["noise_ceiling"] == pytest.approx((2 / 3) ** 0.5)
+    assert out["priors"] == pytest.approx({"depth_prior": 0.75 ** 0.5, "shallower_first": 0.5})
+    assert all(x["ci"][0] <= x["contribution"] <= x["ci"][1] for x in out["layers"])
+    assert out["s_base"] == {"0": 0.25, "1": 0.25, "2": 0.25} and out["s_full"]["2"] == 0.25
+    assert "S_full=0.25, S_base=0.25" in out["undefined_seeds"]["2"]
     assert out["missing"] == ["2/layer-1", "2/layer-2"]
 
 
-def test_a_full_gain_within_eval_noise_marks_the_seed_weak():
-    def full(seed, final, n):
-        return {**_rec(seed, "full", 0.25, final), "final_eval": {"score": final, "n": n}}
-
-    planned = [{"id": f"{s}/full", "seed": s, "layers": None} for s in (0, 1, 2)]
-    out = contributions([full(0, 0.26, 256), full(1, 0.40, 256), full(2, 0.26, 100_000)], planned)
-    assert list(out["weak_seeds"]) == ["0"]  # 0.01 < 2 SE (0.077) on 256 prompts; seed 2 has 100k prompts
-    assert "2 standard errors (0.077)" in out["weak_seeds"]["0"] and not out["undefined_seeds"]
-
-
-def test_disagreeing_base_scores_make_a_seed_undefined():
-    recs = [_rec(0, "full", 0.2, 0.6), _rec(0, "layer-0", 0.25, 0.5)]
-    out = contributions(recs, [])
-    assert "base scores of this seed's runs disagree ([0.2, 0.25])" in out["undefined_seeds"]["0"]
+def test_runs_scored_on_other_prompts_make_a_seed_undefined():
+    other = {**_rec(0, "layer-0", [1, 0, 0, 1])}
+    other["base_eval"] = {**other["base_eval"], "ids": ["a", "b", "c", "e"]}
+    out = contributions([_rec(0, "full", [1, 1, 0, 1]), other], [])
+    assert "scored on other held-out prompts" in out["undefined_seeds"]["0"]

@@ -56,3 +56,12 @@ def test_sampling_is_seeded_and_leaves_state_alone(setup):
 def test_bad_num_samples(setup):
     with pytest.raises(LayerscoutError, match="num_samples must be >= 1"):
         evaluate(*setup, DigitTask(), num_samples=0)
+
+
+def test_per_prompt_rewards_average_to_the_score_and_name_their_prompts(setup):
+    model, tok = setup
+    result = evaluate(model, tok, DigitTask(), n=5, num_samples=3, max_new_tokens=6, seed=2)
+    questions = DigitTask().load_prompts("heldout", 5, 2)["question"]
+    assert result["ids"] == list(questions)
+    assert len(result["per_prompt"]) == 5
+    assert sum(result["per_prompt"]) / 5 == pytest.approx(result["score"])

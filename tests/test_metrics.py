@@ -6,16 +6,50 @@ import numpy as np
 import pytest
 
 from layerscout.errors import LayerscoutError
-from layerscout.metrics import (bootstrap_ci, gain_standard_error, kendall, layer_contribution, ndcg,
-                                random_expectation, seed_spearman, spearman, top1_recovered, topk_overlap)
+from layerscout.metrics import (bootstrap_ci, kendall, layer_contribution, ndcg, noise_ceiling, paired_bootstrap_contribution,
+                                paired_gain, random_expectation, seed_spearman, spearman, spearman_brown, top1_recovered,
+                                top1_regret, topk_overlap)
 
 
-def test_gain_standard_error_by_hand():
-    # sqrt((0.25 * 0.75 + 0.3 * 0.7) / 256) = sqrt(0.3975 / 256)
-    assert gain_standard_error(0.25, 0.3, 256) == pytest.approx(0.039405, abs=1e-6)
-    assert gain_standard_error(0.0, 1.0, 10) == 0.0
-    with pytest.raises(LayerscoutError):
-        gain_standard_error(0.2, 0.3, 0)
+def test_paired_gain_by_hand():
+    # d = [1, 0, 0, 0]: mean 0.25, std (ddof 1) = sqrt((0.75^2 + 3 * 0.25^2) / 3) = 0.5, se = 0.5 / 2
+    assert paired_gain([0, 0, 1, 1], [1, 0, 1, 1]) == pytest.approx((0.25, 0.25))
+    # sampled rewards (means of 4 samples) work the same way
+    assert paired_gain([0.25, 0.5, 0.0], [0.75, 0.5, 0.25])[0] == pytest.approx(0.25)
+    with pytest.raises(LayerscoutError, match="equal-length"):
+        paired_gain([0, 1], [0, 1, 1])
+
+
+def test_spearman_brown_and_noise_ceiling_by_hand():
+    assert spearman_brown(0.5, 3) == pytest.approx(0.75)           # 1.5 / 2
+    assert spearman_brown(0.8, 1) == pytest.approx(0.8)
+    assert noise_ceiling(0.5, 3) == pytest.approx(0.75 ** 0.5)
+    assert noise_ceiling(1.0, 2) == pytest.approx(1.0)
+    assert math.isnan(noise_ceiling(-0.2, 3)) and math.isnan(noise_ceiling(float("nan"), 3))
+
+
+def test_top1_regret_by_hand():
+    assert top1_regret([0.1, 0.9, 0.5], [0.2, 0.7, 1.1]) == pytest.approx(0.4)   # picks 1: 1.1 - 0.7
+    assert top1_regret([3, 2, 1], [1.0, 0.5, 0.2]) == 0.0
+
+
+def test_paired_bootstrap_contribution_brackets_the_estimate_and_shrinks_with_prompts():
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        base = rng.binomial(1, 0.3, (2, n)).astype(float)
+        full = np.maximum(base, rng.binomial(1, 0.4, (2, n)))          # every prompt the base solves, and more
+        layer = np.stack([np.maximum(base, rng.binomial(1, p, (2, n))) for p in (0.1, 0.35)], axis=1)  # (2, 2, n)
+        return base, full, layer
+
+    base, full, layer = draw(400)
+    point = np.mean([(layer[s].mean(axis=1) - base[s].mean()) / (full[s].mean() - base[s].mean()) for s in range(2)],
+                    axis=0)
+    low, high = paired_bootstrap_contribution(base, full, layer, n=300)
+    assert np.all(low < point) and np.all(point < high)
+    assert low[1] > high[0]                                           # the two blocks are told apart at n=400
+    wide = np.subtract(*paired_bootstrap_contribution(*draw(50), n=300)[::-1])
+    assert np.all(wide > high - low)
 
 
 def test_layer_contribution_three_entries():

@@ -1,5 +1,5 @@
 """Validation report and cross-sweep comparison on a hand-written 6-layer calibration dir (records in the real
-format, C known exactly). Run: pytest tests/test_report.py   (about 10 s)"""
+format with per-prompt rewards on 20 prompts, C known exactly). Run: pytest tests/test_report.py   (about 10 s)"""
 
 import json
 import math
@@ -14,6 +14,7 @@ from layerscout.report import compare, validate
 MODEL = "/cache/organisms/qwen3-L6-math-s0-abcd1234"
 C = [0.5, 1.0, 1.25, 0.75, 0.25, 0.0]  # true contribution per block, both seeds
 S_BASE, S_FULL = 0.2, 0.6
+N = 20  # held-out prompts: S * N of them solved, the first ones
 SCORES = [0.35, 0.5, 0.4, 0.3, 0.2, 0.0]  # predicted order 1, 2, 0, 3, 4, 5; true order 2, 1, 3, 0, 4, 5
 
 
@@ -34,9 +35,16 @@ def write_truth(directory, c=C, seeds=(0, 1), skip=("1/layer-5",), model=MODEL):
             "job": job["id"], "kind": "full" if job["layers"] is None else "layers", "model": model,
             "num_layers": n, "layers": job["layers"], "task": "math", "task_version": 1, "algo": "grpo",
             "seed": job["seed"], "steps": 5, "base_score": S_BASE, "final_score": final,
+            "base_eval": _eval(S_BASE), "final_eval": _eval(final),
             "reward_curve": [{"step": 1, "reward": 0.1}], "wall_seconds": 1.0, "versions": {}, "git_commit": None,
             "command": "pytest", "job_command": "python -m layerscout.calibrate x --shard 0/1"})
     return directory
+
+
+def _eval(score):
+    solved = round(score * N)
+    return {"score": score, "n": N, "num_samples": 1, "greedy": True, "ids": [f"q{i}" for i in range(N)],
+            "per_prompt": [1.0] * solved + [0.0] * (N - solved)}
 
 
 def ranking(scores=SCORES, model=MODEL, task_version=1):
@@ -68,6 +76,7 @@ def test_metrics_match_hand_computation(truth, ranking_file, tmp_path):
     assert m["kendall"] == pytest.approx(11 / 15)  # 2 discordant pairs of 15
     assert m["top1_recovered"] == pytest.approx(1.0 / 1.25)  # predicted best: layer 1
     assert m["topk_overlap"] == pytest.approx(2 / 3)  # {1, 2, 0} vs {2, 1, 3}
+    assert m["top1_regret"] == pytest.approx(0.25)  # C(2) - C(1)
     dcg = 1.0 + 1.25 / math.log2(3) + 0.5 / 2
     idcg = 1.25 + 1.0 / math.log2(3) + 0.75 / 2
     assert m["ndcg"] == pytest.approx(dcg / idcg)
@@ -96,7 +105,14 @@ def test_all_outputs_exist(truth, ranking_file, tmp_path):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and 'src="http' not in page
     assert json.loads((out / "report.json").read_text())["rows"][0]["name"] == "probe"
-    assert "| probe | ranking | 0.89 [" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| probe | ranking | 0.89 [" in md
+    # verdict first: both seeds agree exactly (ceiling 1), so 0.89 is 89 % of it. The middle prior ranks
+    # 1.5, 3.5, 5.5, 5.5, 3.5, 1.5 against true ranks 3, 5, 6, 4, 2, 1: 12 / sqrt(16 * 17.5) = 0.72
+    assert md.splitlines()[2] == ("**Verdict:** probe: beats both free priors (Spearman 0.89 vs middle 0.72, "
+                                  "shallower-first 0.60), 89 % of the noise ceiling 1.00; top-1 regret 0.25")
+    assert "noise ceiling: sqrt of its Spearman-Brown reliability" in md and "*Predicted rank (x) against" in md
+    assert page.count("<figcaption>") == 3 and "Verdict:" in page
 
 
 def test_missing_runs_are_listed(truth, ranking_file, tmp_path):
@@ -128,14 +144,20 @@ def test_undefined_truth_is_an_error(tmp_path):
 
 def test_compare(truth, tmp_path):
     other = write_truth(tmp_path / "reversed", c=[1.25 - x for x in C], skip=())
-    result = compare([truth, other], tmp_path / "cmp")
-    assert result["labels"] == ["truth", "reversed"]
-    assert [pytest.approx(row) for row in result["matrix"]] == [[1.0, -1.0], [-1.0, 1.0]]
-    assert "| truth | 1.00 | -1.00 |" in (tmp_path / "cmp" / "compare.md").read_text()
-    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["labels"] == ["truth", "reversed"]
     shallow = write_truth(tmp_path / "shallow", c=C[:4])
-    with pytest.raises(LayerscoutError, match="has 6 layers but .*shallow has 4"):
-        compare([truth, shallow], tmp_path / "cmp")
+    result = compare([truth, other, shallow], tmp_path / "cmp")
+    assert result["labels"] == ["truth", "reversed", "shallow"]
+    assert [pytest.approx(row[:2]) for row in result["matrix"][:2]] == [[1.0, -1.0], [-1.0, 1.0]]
+    assert result["matrix"][0][2] is None  # 6 vs 4 layers: not comparable
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| truth | 1.00 | -1.00 | – |" in md
+    row = result["sweeps"][0]
+    # best blocks 2, 1, 3 of 6 sit at 40, 20, 60 % depth; block 5 is the worst
+    assert row["best blocks (% of depth)"] == "2, 1, 3 (20–60 %); worst 5 (100 %)"
+    assert row["seed Spearman"] == "1.00" and row["seeds"] == 2 and row["shallower first"] == "0.60"
+    # gain 0.4 on 20 prompts, d = 1 on 8 of them: se = sqrt(8/20 * 12/20 * 20/19) / sqrt(20)
+    assert row["full-run gain (paired SE)"] == "+0.400…+0.400 (3.6–3.6 SE)"
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["labels"] == ["truth", "reversed", "shallow"]
 
 
 def test_compare_without_output_writes_nothing(truth, tmp_path, monkeypatch):

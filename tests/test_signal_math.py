@@ -85,6 +85,9 @@ def test_spectrum_snr_of_a_known_spectrum():
 
 def test_depth_prior_and_percentiles():
     assert depth_prior(5).tolist() == [0.0, 0.5, 1.0, 0.5, 0.0]
+    for n in (6, 12, 30):  # mirror blocks tie exactly (0.2 * 2 - 1 vs 0.8 * 2 - 1 did not), so rank ties are real
+        prior = depth_prior(n)
+        assert prior.tolist() == prior[::-1].tolist()
     assert percentile_ranks(np.array([3.0, 1.0, 2.0])).tolist() == [1.0, 0.0, 0.5]
     assert percentile_ranks(np.array([7.0, 7.0])).tolist() == [0.5, 0.5]
 

@@ -18,8 +18,7 @@ def depth_prior(n_layers: int) -> np.ndarray:
     """1 at the middle block, falling linearly to 0 at both ends. (n_layers,)"""
     if n_layers == 1:
         return np.ones(1)
-    x = np.arange(n_layers) / (n_layers - 1)
-    return 1.0 - np.abs(2.0 * x - 1.0)
+    return 1.0 - np.abs(2 * np.arange(n_layers) - (n_layers - 1)) / (n_layers - 1)  # integers: mirror blocks tie
 
 
 def spectrum_snr(weight: torch.Tensor) -> float:
