@@ -118,9 +118,8 @@ def extract_code(text: str) -> str:
 
 
 def program_source(prefix: str, completion: str) -> str:
-    """prefix + completion: a body continues the prefix's function; a full `def` replaces the prefix's stub."""
-    if prefix and not prefix.endswith("\n"):
-        prefix += "\n"
+    """prefix + completion, as HumanEval joins them: a body continues the prefix's function, a full `def` after
+    HumanEval's prefix (signature + docstring, a valid stub) replaces it."""
     return prefix + extract_code(completion)
 
 
