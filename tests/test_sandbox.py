@@ -1,4 +1,4 @@
-# Run: python -m pytest tests/test_sandbox.py -q   (real subprocesses; the TRL check: -m slow)
+# Run: python -m pytest tests/test_sandbox.py -q   (real subprocesses and a real TRL run; about 45 s on 2 cores)
 """The code sandbox against hostile completions, in real subprocesses: each scores 0 within its time limit, the
 host's files, environment and processes stay as they were, and a training-like loop in this process keeps going.
 Every attack is written so that it would pass its test if it succeeded."""
@@ -6,6 +6,7 @@ Every attack is written so that it would pass its test if it succeeded."""
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -115,73 +116,134 @@ def test_correct_and_partial_programs_score(config):
     assert partial.detail == "failed: 1 of 3 tests passed (AssertionError)"
 
 
-def test_hostile_completions_score_zero_and_leave_the_host_alone(config, tmp_path, monkeypatch):
+class Host:
+    """Files, an environment secret and a disk to check after the attacks. The secret is in this process's
+    environment and in the start-up environment of a host process (readable in /proc/PID/environ)."""
+
+    def __init__(self, tmp_path, monkeypatch):
+        self.secret = "s3cr3t-" + os.urandom(8).hex()
+        monkeypatch.setenv("LAYERSCOUT_TEST_SECRET", self.secret)
+        self.holder = subprocess.Popen(["sleep", "600"], env=dict(os.environ))
+        self.victim, self.doomed, self.dir = tmp_path / "victim.txt", tmp_path / "doomed.txt", tmp_path / "dir"
+        self.planted = tmp_path / "planted.txt"
+        self.victim.write_text("original")
+        self.doomed.write_text("still here")
+        self.dir.mkdir()
+        (self.dir / "a").write_text("a")
+        self.free = shutil.disk_usage(tempfile.gettempdir()).free
+
+    def attacks(self) -> dict[str, Program]:
+        secret = self.secret
+        return {
+            "infinite loop": Program("while True:\n    pass\ndef ok():\n    return True\n", ["assert ok()"]),
+            "fork bomb": Program("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
+                                 "        pass\ndef ok():\n    return True\n", ["assert ok()"]),
+            "huge allocation": _attack("x = bytearray(64 * 2**30)\nATTACK_WORKED = True"),
+            "growing allocation": _attack("xs = []\nwhile True:\n    xs.append(bytearray(2**26))"),
+            "host files": _attack(_tries(f"open({str(self.victim)!r}, 'w').write('pwned')",
+                                         f"__import__('os').remove({str(self.doomed)!r})",
+                                         f"__import__('shutil').rmtree({str(self.dir)!r})",
+                                         f"open({str(self.planted)!r}, 'w').write('planted')")),
+            "environment": _attack(
+                "import os\nATTACK_WORKED = any(" + repr(secret) + " in v for v in os.environ.values())\n"
+                + "for p in os.listdir('/proc'):\n    try:\n"
+                + "        ATTACK_WORKED |= " + repr(secret.encode()) + " in open(f'/proc/{p}/environ', 'rb').read()\n"
+                + "    except Exception:\n        pass"),
+            # these succeed only if this test process dies: the assertions after them then never run
+            "signal parent": Program(_tries("__import__('os').kill(__import__('os').getppid(), 9)",
+                                            f"__import__('os').kill({os.getpid()}, 9)",
+                                            f"__import__('os').killpg(__import__('os').getpgid({os.getpid()}), 9)",
+                                            "__import__('os').killpg(__import__('os').getpgid(__import__('os').getppid()), 9)"),
+                                     ["assert solved()"]),
+            "kill everything": Program("import os\nos.kill(-1, 9)\n", ["assert solved()"]),
+            "kill own group": Program("import os\nos.killpg(0, 9)\n", ["assert solved()"]),
+            "sys.exit(0)": Program("import sys\nsys.exit(0)\ndef ok():\n    return True\n", ["assert ok()"]),
+            "os._exit(0)": Program("import os\nos._exit(0)\ndef ok():\n    return True\n", ["assert ok()"]),
+            "exit inside a test": Program("import os\ndef ok():\n    os._exit(0)\n", ["assert ok()"]),
+            "forged report": Program(
+                "import os\nfor fd in range(1, 64):\n    try:\n"
+                "        os.write(fd, b'{\"event\": \"test\", \"i\": 0, \"ok\": true}\\n{\"event\": \"done\"}\\n')\n"
+                "    except OSError:\n        pass\nos._exit(0)\n", ["assert ok()"]),
+            "print gigabytes": Program("import sys\nwhile True:\n    sys.stdout.write('x' * 2**20)\n", ["assert ok()"]),
+            "one huge file": Program("with open('big', 'wb') as f:\n    while True:\n        f.write(b'0' * 2**20)\n",
+                                     ["assert ok()"]),
+        }
+
+    def check(self, outcomes: dict, config: SandboxConfig) -> None:
+        """Every attack scored 0 within its time limit, as the expected kind of failure; the host is as it was."""
+        for name, o in outcomes.items():
+            assert o.fraction == 0.0, (name, o)
+            assert o.seconds <= config.timeout_s + SLACK, (name, o)
+        status = {name: o.status for name, o in outcomes.items()}
+        assert status["infinite loop"] == status["fork bomb"] == "timeout"
+        assert status["huge allocation"] == status["growing allocation"] == "memory"
+        assert status["sys.exit(0)"] == status["os._exit(0)"] == status["forged report"] == "exited_early"
+        assert status["exit inside a test"] == "exited_early"
+        assert status["print gigabytes"] == "output_capped"
+        assert len(outcomes["print gigabytes"].stdout) <= config.max_output_bytes
+        assert status["one huge file"] == "crashed" and "OSError" in outcomes["one huge file"].detail  # EFBIG/ENOSPC
+        assert self.victim.read_text() == "original" and self.doomed.read_text() == "still here"
+        assert (self.dir / "a").read_text() == "a" and not self.planted.exists()
+        assert _sandbox_processes() == []
+        assert self.free - shutil.disk_usage(tempfile.gettempdir()).free < 500 * 2**20
+        assert os.environ["LAYERSCOUT_TEST_SECRET"] == self.secret and self.holder.poll() is None
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.wait()
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch):
+    h = Host(tmp_path, monkeypatch)
+    yield h
+    h.close()
+
+
+def test_hostile_completions_score_zero_and_leave_the_host_alone(config, host):
     _needs(config, "environment", "host_files", "signals", "processes", "leftover_processes")
-    secret = "s3cr3t-" + os.urandom(8).hex()
-    monkeypatch.setenv("LAYERSCOUT_TEST_SECRET", secret)
-    victim, doomed, keep_dir = tmp_path / "victim.txt", tmp_path / "doomed.txt", tmp_path / "dir"
-    victim.write_text("original")
-    doomed.write_text("still here")
-    keep_dir.mkdir()
-    (keep_dir / "a").write_text("a")
-    planted = tmp_path / "planted.txt"
-    free_before = shutil.disk_usage(tempfile.gettempdir()).free
-    attacks = {
-        "infinite loop": Program("while True:\n    pass\ndef ok():\n    return True\n", ["assert ok()"]),
-        "fork bomb": Program("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
-                             "def ok():\n    return True\n", ["assert ok()"]),
-        "huge allocation": _attack("x = bytearray(64 * 2**30)\nATTACK_WORKED = True"),
-        "growing allocation": _attack("xs = []\nwhile True:\n    xs.append(bytearray(2**26))"),
-        "host files": _attack(_tries(f"open({str(victim)!r}, 'w').write('pwned')",
-                                     f"__import__('os').remove({str(doomed)!r})",
-                                     f"__import__('shutil').rmtree({str(keep_dir)!r})",
-                                     f"open({str(planted)!r}, 'w').write('planted')")),
-        "environment": _attack(
-            "import os\nATTACK_WORKED = any(" + repr(secret) + " in v for v in os.environ.values())\n"
-            + "for p in os.listdir('/proc'):\n    try:\n"
-            + "        ATTACK_WORKED |= " + repr(secret.encode()) + " in open(f'/proc/{p}/environ', 'rb').read()\n"
-            + "    except Exception:\n        pass"),
-        # these succeed only if this test process dies: the loop below and the assertions then never finish
-        "signal parent": Program(_tries("__import__('os').kill(__import__('os').getppid(), 9)",
-                                        f"__import__('os').kill({os.getpid()}, 9)",
-                                        f"__import__('os').killpg(__import__('os').getpgid({os.getpid()}), 9)",
-                                        "__import__('os').killpg(__import__('os').getpgid(__import__('os').getppid()), 9)"),
-                                 ["assert solved()"]),
-        "kill everything": Program("import os\nos.kill(-1, 9)\n", ["assert solved()"]),
-        "kill own group": Program("import os\nos.killpg(0, 9)\n", ["assert solved()"]),
-        "sys.exit(0)": Program("import sys\nsys.exit(0)\ndef ok():\n    return True\n", ["assert ok()"]),
-        "os._exit(0)": Program("import os\nos._exit(0)\ndef ok():\n    return True\n", ["assert ok()"]),
-        "exit inside a test": Program("import os\ndef ok():\n    os._exit(0)\n", ["assert ok()"]),
-        "forged report": Program(
-            "import os\nfor fd in range(1, 64):\n    try:\n"
-            "        os.write(fd, b'{\"event\": \"test\", \"i\": 0, \"ok\": true}\\n{\"event\": \"done\"}\\n')\n"
-            "    except OSError:\n        pass\nos._exit(0)\n", ["assert ok()"]),
-        "print gigabytes": Program("import sys\nwhile True:\n    sys.stdout.write('x' * 2**20)\n", ["assert ok()"]),
-        "one huge file": Program("with open('big', 'wb') as f:\n    while True:\n        f.write(b'0' * 2**20)\n",
-                                 ["assert ok()"]),
-    }
+    attacks = host.attacks()
     with TrainingLoop() as loop:
         steps_before = loop.steps
         outcomes = dict(zip(attacks, run_programs(list(attacks.values()), config)))
         steps_during = loop.steps - steps_before
     assert loop.error is None and steps_during > 0
-    for name, o in outcomes.items():
-        assert o.fraction == 0.0, (name, o)
-        assert o.seconds <= TIMEOUT + SLACK, (name, o)
-    status = {name: o.status for name, o in outcomes.items()}
-    assert status["infinite loop"] == status["fork bomb"] == "timeout"
-    assert status["huge allocation"] == status["growing allocation"] == "memory"
-    assert status["sys.exit(0)"] == status["os._exit(0)"] == status["forged report"] == "exited_early"
-    assert status["print gigabytes"] == "output_capped"
-    assert len(outcomes["print gigabytes"].stdout) <= config.max_output_bytes
-    assert status["one huge file"] == "crashed" and "OSError" in outcomes["one huge file"].detail  # EFBIG or ENOSPC
-    assert status["exit inside a test"] == "exited_early"
-    # the host: files, processes, disk
-    assert victim.read_text() == "original" and doomed.read_text() == "still here"
-    assert (keep_dir / "a").read_text() == "a" and not planted.exists()
-    assert _sandbox_processes() == []
-    assert free_before - shutil.disk_usage(tempfile.gettempdir()).free < 500 * 2**20
-    assert os.environ["LAYERSCOUT_TEST_SECRET"] == secret
+    host.check(outcomes, config)
+
+
+def test_hostile_rewards_inside_a_real_trl_grpo_run(tmp_path, host):
+    """The code task's reward, called by TRL's GRPOTrainer in this process, scores the attacks at every step; the
+    run finishes all its steps and the host is unchanged."""
+    from layerscout.config import RLConfig
+    from layerscout.organisms import build_model, build_tokenizer
+    from layerscout.tasks.code import CodeTask
+    from layerscout.training import train_layers
+
+    config = SandboxConfig(timeout_s=TIMEOUT, memory_mb=MEMORY_MB)
+    _needs(config, "environment", "host_files", "signals", "processes", "leftover_processes")
+    attacks = host.attacks()
+    seen: list[dict] = []
+
+    class HostileCode(CodeTask):
+        def reward(self, completions, **columns):
+            """The real sandbox on the attack programs (completions of this tiny model are noise), then zeros."""
+            seen.append(dict(zip(attacks, run_programs(list(attacks.values()), self.sandbox))))
+            return [0.0] * len(completions)
+
+    data = tmp_path / "arith.jsonl"
+    data.write_text("".join(f'{{"id": "q{i}", "prompt": "{i} + 1 =", "entry_point": "answer", '
+                            f'"prefix": "def answer():\\n    return ", "tests": ["assert answer() == {i + 1}"]}}\n'
+                            for i in range(40)))
+    tok = build_tokenizer()
+    model = build_model("qwen3", 2, len(tok), seed=0, hidden_size=32)
+    task = HostileCode(dataset=str(data), sandbox={"timeout_s": TIMEOUT, "memory_mb": MEMORY_MB})
+    record = train_layers((model, tok), task, [1], RLConfig(max_steps=3, train_prompts=8, prompts_per_step=2,
+                                                             num_generations=2, max_completion_length=4,
+                                                             eval_prompts=2, learning_rate=1e-3),
+                          tmp_path / "run", progress=False)
+    assert record["steps"] == 3 and len(seen) == 5  # base eval, 3 steps, final eval
+    for outcomes in seen:
+        host.check(outcomes, config)
 
 
 def test_no_network(config):
