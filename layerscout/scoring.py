@@ -6,30 +6,20 @@ sandboxes).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .errors import LayerscoutError
+from .tasks.base import read_jsonl
 
 
 def read_completions(path: str | Path) -> list[dict]:
     """The JSONL lines {"id": ..., "completion": ..., [column: value ...]}; errors name the line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LayerscoutError(f"no such file: {path}") from None
+    if not path.is_file():
+        raise LayerscoutError(f"no such file: {path}")
     records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LayerscoutError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise LayerscoutError(f"{path} line {n}: expected a JSON object, got {type(record).__name__}")
+    for n, record in read_jsonl(path):
         missing = [k for k in ("id", "completion") if k not in record]
         if missing:
             raise LayerscoutError(f"{path} line {n}: missing field {', '.join(map(repr, missing))}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import LayerscoutError
@@ -116,8 +118,36 @@ class Task:
         "question" (the user message), optionally an "id", and any columns the reward reads."""
         raise NotImplementedError
 
+    def _check_source(self, explicit: dict[str, Any], builtin: str, dataset_hint: str) -> None:
+        """The `source` / `dataset` options agree: `dataset` alone implies source "dataset", which needs one."""
+        c = self.config
+        if c["dataset"] is not None and "source" not in explicit:
+            c["source"] = "dataset"
+        if c["source"] not in (builtin, "dataset"):
+            raise LayerscoutError(f"{self.name} source must be one of {builtin}, dataset; got {c['source']!r}")
+        if c["source"] == "dataset" and not c["dataset"]:
+            raise LayerscoutError(f"{self.name} source 'dataset' needs the `dataset` option ({dataset_hint})")
+        if c["source"] == builtin and c["dataset"] is not None:
+            raise LayerscoutError(f"{self.name}: `dataset` is set but source is {builtin!r}; drop one of them")
+
     def describe(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items() if v is not None)
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; errors name the file and line."""
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LayerscoutError(f"{path} line {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise LayerscoutError(f"{path} line {i}: expected a JSON object, got {type(row).__name__}")
+        rows.append((i, row))
+    return rows
 
 
 def as_row(item: tuple[str, str] | dict) -> dict:

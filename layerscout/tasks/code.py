@@ -24,7 +24,6 @@ from ..errors import LayerscoutError
 from . import register_task
 from .base import Task, completion_text, sample_split
 
-SOURCES = ("humaneval", "dataset")
 REWARDS = ("fraction", "all_pass")
 REQUIRED = ("prompt", "entry_point", "tests")
 OPTIONAL = ("id", "prefix", "setup")
@@ -56,14 +55,7 @@ class CodeTask(Task):
 
         super().__init__(**options)
         c = self.config
-        if c["dataset"] is not None and "source" not in options:
-            c["source"] = "dataset"
-        if c["source"] not in SOURCES:
-            raise LayerscoutError(f"code source must be one of {', '.join(SOURCES)}; got {c['source']!r}")
-        if c["source"] == "dataset" and not c["dataset"]:
-            raise LayerscoutError("code source 'dataset' needs the `dataset` option (a .jsonl file)")
-        if c["source"] == "humaneval" and c["dataset"] is not None:
-            raise LayerscoutError("code: `dataset` is set but source is 'humaneval'; drop one of them")
+        self._check_source(options, "humaneval", "a .jsonl file")
         if c["reward"] not in REWARDS:
             raise LayerscoutError(f"code reward must be one of {', '.join(REWARDS)}; got {c['reward']!r}")
         if not isinstance(c["sandbox"], dict):
