@@ -23,9 +23,10 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from .config import _f
 from .errors import LayerscoutError
 
 ISOLATIONS = ("auto", "bwrap", "unshare", "process")
@@ -36,66 +37,69 @@ MAX_WORKERS = 100
 REPORT_CAP = 1 << 20  # bytes of harness report kept; more means the program is writing to it
 _READ = 65536
 
-# Runs inside the sandbox, before and around the untrusted code. It reads its job on stdin, reports one
-# JSON line per event (start, syntax, crash, missing, test, done) on the pipe whose fd the job names, each tagged with the job's nonce. The marker
+# Runs inside the sandbox, before and around the untrusted code. It reads its job on stdin, then writes one JSON line
+# per event (start, syntax, crash, missing, test, done) to the pipe whose fd the job names, each tagged with the
+# job's nonce. Its state lives in main()'s locals, bound before the program runs, so rebinding exec, json or
+# os.write does not reach it; a program that reads main()'s frame could still forge lines (see README). The marker
 # comment names sandbox processes in /proc (tests look for leftovers by it).
 HARNESS = r'''# layerscout-sandbox-harness
 import json, os, resource, sys
+from _json import encode_basestring_ascii as quote
+def main(exec=exec, compile=compile, enumerate=enumerate, write=os.write, exit=os._exit, quote=quote,
+         BaseException=BaseException):
+    job = json.loads(sys.stdin.read())
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    fd, head = job["report_fd"], '{"nonce": "%s", "event": ' % job["nonce"]
+    def send(event, i=-1, ok=False, e=None, name=""):
+        error = "" if e is None else ', "error": %s, "message": %s' % (quote(type(e).__name__), quote(str(e)[:300]))
+        write(fd, (head + '"%s", "i": %d, "ok": %s, "name": %s%s}\n'
+                   % (event, i, "true" if ok else "false", quote(name), error)).encode())
+    def finish():
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except BaseException:
+                pass
+        exit(0)
+    for name, (soft, hard) in job["limits"].items():
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    if job["uid"] is not None:
+        os.setgroups([]); os.setgid(job["uid"]); os.setuid(job["uid"])
+    os.umask(0o077)
+    send("start")
+    try:
+        code = compile(job["source"], "<completion>", "exec")
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+        send("syntax", e=e); finish()
+    tests = [compile(t, f"<test {i}>", "exec") for i, t in enumerate(job["tests"])]
+    setup, entry = compile(job["setup"], "<setup>", "exec"), job["entry_point"]
+    env = {"__name__": "__solution__"}
+    del job
+    try:
+        exec(code, env)
+        if entry and entry not in env:
+            send("missing", name=entry); finish()
+        if entry:
+            env["candidate"] = env[entry]
+        exec(setup, env)
+    except BaseException as e:
+        send("crash", e=e); finish()
+    for i, t in enumerate(tests):
+        try:
+            exec(t, env)
+            send("test", i, True)
+        except BaseException as e:
+            send("test", i, False, e)
+    send("done")
+    finish()
 if os.getpid() == 1:  # init of unshare's pid namespace ignores its own signals: run the job in a child
     child = os.fork()
     while child:
         pid, status = os.wait()
         if pid == child:
             os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
-job = json.loads(sys.stdin.read())
-os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-out = os.fdopen(job["report_fd"], "w", buffering=1)
-def send(event, **kw):
-    out.write(json.dumps({"nonce": job["nonce"], "event": event, **kw}) + "\n")
-def error(e):
-    return {"error": type(e).__name__, "message": str(e)[:300]}
-def finish():
-    for f in (sys.stdout, sys.stderr):
-        try:
-            f.flush()
-        except BaseException:
-            pass
-    out.flush()
-    os._exit(0)
-for name, (soft, hard) in job["limits"].items():
-    resource.setrlimit(getattr(resource, name), (soft, hard))
-if job["uid"] is not None:
-    os.setgroups([]); os.setgid(job["uid"]); os.setuid(job["uid"])
-os.umask(0o077)
-send("start")
-try:
-    code = compile(job["source"], "<completion>", "exec")
-except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
-    send("syntax", **error(e)); finish()
-tests = [compile(t, f"<test {i}>", "exec") for i, t in enumerate(job["tests"])]
-env = {"__name__": "__solution__"}
-try:
-    exec(code, env)
-    if job["entry_point"] and job["entry_point"] not in env:
-        send("missing", name=job["entry_point"]); finish()
-    if job["entry_point"]:
-        env["candidate"] = env[job["entry_point"]]
-    exec(job["setup"], env)
-except BaseException as e:
-    send("crash", **error(e)); finish()
-for i, t in enumerate(tests):
-    try:
-        exec(t, env)
-        send("test", i=i, ok=True)
-    except BaseException as e:
-        send("test", i=i, ok=False, **error(e))
-send("done")
-finish()
+main()
 '''
-
-
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

@@ -164,6 +164,10 @@ class Host:
                 "import os\nfor fd in range(1, 64):\n    try:\n"
                 "        os.write(fd, b'{\"event\": \"test\", \"i\": 0, \"ok\": true}\\n{\"event\": \"done\"}\\n')\n"
                 "    except OSError:\n        pass\nos._exit(0)\n", ["assert ok()"]),
+            "patched harness": Program(
+                "import builtins, json, os\nbuiltins.exec = lambda *a, **k: None\njson.dumps = lambda *a, **k: 'x'\n"
+                "builtins.enumerate = lambda xs: iter([(0, compile('pass', 't', 'exec'))])\n"
+                "os.write = lambda *a: 0\n", ["assert solved()"]),
             "print gigabytes": Program("import sys\nwhile True:\n    sys.stdout.write('x' * 2**20)\n", ["assert ok()"]),
             "one huge file": Program("with open('big', 'wb') as f:\n    while True:\n        f.write(b'0' * 2**20)\n",
                                      ["assert ok()"]),
@@ -179,6 +183,7 @@ class Host:
         assert status["huge allocation"] == status["growing allocation"] == "memory"
         assert status["sys.exit(0)"] == status["os._exit(0)"] == status["forged report"] == "exited_early"
         assert status["exit inside a test"] == "exited_early"
+        assert status["patched harness"] == "failed"
         assert status["print gigabytes"] == "output_capped"
         assert len(outcomes["print gigabytes"].stdout) <= config.max_output_bytes
         assert status["one huge file"] == "crashed" and "OSError" in outcomes["one huge file"].detail  # EFBIG/ENOSPC
