@@ -347,6 +347,39 @@ def compare(truth_dirs, output, as_json):
     _emit(result, as_json, lambda: click.echo(result["markdown"]))
 
 
+@cli.command(epilog="""Examples:
+
+\b
+  layerscout score --task code --input completions.jsonl --json
+  layerscout score --task math --input answers.jsonl
+
+\b
+Input: one JSON object per line, {"id": "HumanEval/0", "completion": "    return False\\n"}; ids are the task's
+item ids (HumanEval/N, a dataset's "id", or a math question's text). Other keys in a line (e.g. "answer") stand
+in for the item's columns.
+""")
+@click.option("--task", required=True, help="task recipe name or YAML (code, math, ...)")
+@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="JSONL of {id, completion}")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="recipe field, e.g. -o task_options.reward=all_pass -o task_options.sandbox.timeout_s=2")
+@click.option("--dataset", help="the task's local dataset file instead of its default data")
+@click.option("--json", "as_json", is_flag=True, help="print a list of {id, reward, status, detail}")
+def score(task, input_path, overrides, dataset, as_json):
+    """Score given completions with a task's reward: one reward per input line, in order, and what happened."""
+    from .recipes import build_task, load_recipe
+    from .scoring import read_completions, score_completions
+
+    records = read_completions(input_path)
+    task_obj = build_task(load_recipe(task, list(overrides) + _dataset_overrides(dataset, None, None)))
+    results = score_completions(task_obj, records)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            click.echo(f"{r['reward']:.4g}\t{r['id']}\t{r['detail']}")
+
+
 # ---------------------------------------------------------------- organisms
 
 @cli.group()

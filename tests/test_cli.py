@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from layerscout.cli import cli
 from layerscout.tasks.math import MathTask
 
-COMMANDS = [["rank"], ["train"], ["eval"], ["apply"], ["export"], ["organism", "build"], ["probes", "cp"],
+COMMANDS = [["rank"], ["train"], ["eval"], ["apply"], ["export"], ["score"], ["organism", "build"], ["probes", "cp"],
             ["probes", "validate"]]
 
 

