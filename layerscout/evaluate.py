@@ -2,7 +2,8 @@
 
 S is the quantity in the paper's layer contribution C(k) = (S_k - S_base) / (S_full - S_base). Greedy decoding
 when `num_samples == 1` (deterministic), otherwise `num_samples` sampled completions per prompt, averaged.
-Cost: one batched `generate` over n * num_samples sequences of at most `max_new_tokens` tokens.
+Cost: one batched `generate` over n * num_samples sequences of at most `max_new_tokens` tokens. Multi-turn tasks
+(those with `play`, e.g. agent) play each held-out game to its end instead: up to max_turns such calls.
 """
 
 from __future__ import annotations
@@ -36,12 +37,19 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # seeded; global RNG untouched
             torch.manual_seed(seed)
-            _, _, _, texts = generate(model, tokenizer, prompts, num_generations=num_samples,
-                                      max_new_tokens=max_new_tokens, temperature=temperature,
-                                      do_sample=not greedy, batch_size=batch_size)
+            if callable(getattr(task, "play", None)):  # multi-turn: play each held-out game to the end
+                rewards = [e.reward for e in task.play(model, tokenizer, list(data["answer"]),
+                                                       num_generations=num_samples, max_new_tokens=max_new_tokens,
+                                                       temperature=temperature, do_sample=not greedy,
+                                                       batch_size=batch_size)]
+            else:
+                _, _, _, texts = generate(model, tokenizer, prompts, num_generations=num_samples,
+                                          max_new_tokens=max_new_tokens, temperature=temperature,
+                                          do_sample=not greedy, batch_size=batch_size)
+                columns = {c: [v for v in data[c] for _ in range(num_samples)] for c in data.column_names
+                           if c != "prompt"}
+                rewards = task.reward(texts, **columns)
     finally:
         model.train(was_training)
-    columns = {c: [v for v in data[c] for _ in range(num_samples)] for c in data.column_names if c != "prompt"}
-    rewards = task.reward(texts, **columns)
     return {"score": float(sum(rewards) / len(rewards)), "n": len(prompts), "num_samples": num_samples,
             "greedy": greedy, "seconds": round(time.perf_counter() - start, 3)}

@@ -8,7 +8,7 @@ states GiGPO is GRPO on whole episodes. Pure tensor maths: microseconds per batc
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Hashable, Sequence
 
 import torch
@@ -54,6 +54,17 @@ def step_advantages(returns: torch.Tensor, anchors: Sequence[Hashable], loss_typ
     return out
 
 
+def anchor_keys(anchors: Sequence[Sequence[Hashable]], group_size: int) -> list[tuple[int, Hashable]]:
+    """Flattened (game group, state) keys of every step: equal states of different games never group."""
+    return [(e // group_size, key) for e, keys in enumerate(anchors) for key in keys]
+
+
+def anchor_share(anchors: Sequence[Sequence[Hashable]], group_size: int) -> float:
+    """Share of steps whose anchor group has another member (0 = no repeated state: GiGPO is GRPO)."""
+    counts = Counter(anchor_keys(anchors, group_size))
+    return sum(c for c in counts.values() if c > 1) / max(1, sum(counts.values()))
+
+
 def gigpo_advantages(step_rewards: Sequence[torch.Tensor], anchors: Sequence[Sequence[Hashable]], group_size: int,
                      loss_type: str = "grpo", gamma: float = GAMMA, omega: float = OMEGA) -> torch.Tensor:
     """Per-step advantages A = A^E + omega * A^S of N = groups * group_size episodes, laid out group after group
@@ -74,5 +85,4 @@ def gigpo_advantages(step_rewards: Sequence[torch.Tensor], anchors: Sequence[Seq
     totals = torch.stack([r.float().sum() for r in step_rewards])
     episode = group_advantages(totals, group_size, loss_type).repeat_interleave(torch.tensor(lengths))
     returns = torch.cat([discounted_returns(r, gamma) for r in step_rewards])
-    keys = [(e // group_size, key) for e, keys in enumerate(anchors) for key in keys]
-    return episode + omega * step_advantages(returns, keys, loss_type)
+    return episode + omega * step_advantages(returns, anchor_keys(anchors, group_size), loss_type)

@@ -4,7 +4,7 @@ Run: pytest tests/test_gigpo.py   (under a second)"""
 import pytest
 import torch
 
-from layerscout.gigpo import discounted_returns, gigpo_advantages, step_advantages
+from layerscout.gigpo import anchor_share, discounted_returns, gigpo_advantages, step_advantages
 from layerscout.rollouts import group_advantages
 
 # One game, three episodes. States s0..s3; the success reward sits on the last step.
@@ -81,6 +81,11 @@ def test_a_state_revisited_within_one_episode_joins_its_group():
     a = gigpo_advantages(rewards, states, group_size=2, loss_type="dr_grpo", gamma=0.5)
     # returns e0 [.25 .5 1], e1 [0]; s-group {.25, .5, 0}, mean .25 -> [0, .25, -.25]; A^E [.5, -.5]
     assert a.tolist() == pytest.approx([.5, .75, .5, -.75])
+
+
+def test_anchor_share():
+    assert anchor_share(STATES, 3) == pytest.approx(5 / 7)  # s0 x3 and s1 x2 of 7 steps
+    assert anchor_share([["s"], ["s"]], 1) == 0.0  # two games, one episode each
 
 
 def test_step_advantages_singletons_are_zero():

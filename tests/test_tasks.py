@@ -17,7 +17,7 @@ from layerscout.tasks.math import MathTask
 def test_registry_lists_and_suggests():
     assert "math" in list_tasks()
     assert isinstance(get_task("math"), MathTask)
-    with pytest.raises(LayerscoutError, match=r"Unknown task 'maht'\. Did you mean: math\? Available: math"):
+    with pytest.raises(LayerscoutError, match=r"Unknown task 'maht'\. Did you mean: math\? Available: agent, math"):
         get_task("maht")
 
 
