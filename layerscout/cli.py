@@ -150,6 +150,7 @@ def _writable_dir(path: str) -> str:
   layerscout train Qwen/Qwen3-4B --task math --auto-layer --ranking ranking.json --output runs/q4
   layerscout train --task math --layers 3,4 --output runs/l34
   layerscout train --task math --full --algo dr_grpo --output runs/full --resume
+  layerscout train ./my-model --task agent --algo gigpo --layers 4 --output runs/agent-l4
 """)
 @click.argument("model", required=False)
 @click.option("--task", default="math", show_default=True)
@@ -158,7 +159,8 @@ def _writable_dir(path: str) -> str:
 @click.option("--ranking", "ranking_file", type=click.Path(dir_okay=False), help="with --auto-layer: ranking JSON")
 @click.option("--layers", help="explicit blocks: 12,13 | 0-4 | ::3")
 @click.option("--full", is_flag=True, help="full-parameter RL (the C(k) reference run)")
-@click.option("--algo", type=click.Choice(["grpo", "dr_grpo"]), help="loss type (default grpo)")
+@click.option("--algo", type=click.Choice(["grpo", "dr_grpo", "gigpo"]),
+              help="loss type (default grpo); gigpo needs a multi-turn task (--task agent)")
 @click.option("--steps", type=int, help="optimizer steps (RLConfig.max_steps)")
 @click.option("--seed", type=int)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="RLConfig YAML")
@@ -170,7 +172,8 @@ def _writable_dir(path: str) -> str:
 @click.option("--quiet", is_flag=True)
 def train(model, task, auto_layer, top_k, ranking_file, layers, full, algo, steps, seed, config_file, overrides,
           device, dtype, output, resume, as_json, quiet):
-    """RL-train only the chosen decoder blocks (GRPO / Dr. GRPO via TRL), scoring held-out before and after."""
+    """RL-train only the chosen decoder blocks (GRPO / Dr. GRPO via TRL; GiGPO on multi-turn tasks), scoring
+    held-out before and after."""
     chosen = [flag for flag, on in (("--auto-layer", auto_layer), ("--layers", layers), ("--full", full)) if on]
     if len(chosen) != 1:
         raise LayerscoutError("choose exactly one of --auto-layer, --layers, --full"

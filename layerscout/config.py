@@ -13,6 +13,7 @@ from typing import Any
 from .errors import LayerscoutError
 
 LOSS_TYPES = ("grpo", "dr_grpo")
+RL_LOSS_TYPES = (*LOSS_TYPES, "gigpo")  # GiGPO: multi-turn tasks only (multiturn.py)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -198,11 +199,12 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 @dataclass
 class RLConfig:
-    """One GRPO / Dr. GRPO run through TRL's GRPOTrainer. Names shared with TRL mean the same thing; defaults
+    """One GRPO / Dr. GRPO run through TRL's GRPOTrainer (multi-turn tasks and GiGPO: multiturn.py). Names shared with TRL mean the same thing; defaults
     run 20 steps on the default organism in seconds on a 2-core CPU. `to_grpo_config` adds the CPU-safe
     settings. The learning rate is tuned for the full-parameter run and reused unchanged per layer (paper)."""
 
-    loss_type: str = _f("grpo", "grpo | dr_grpo (Dr. GRPO also turns off the std division: scale_rewards=False)")
+    loss_type: str = _f("grpo", "grpo | dr_grpo (Dr. GRPO also turns off the std division: scale_rewards=False) | "
+                                "gigpo (multi-turn tasks: episode + anchor-state step advantages)")
     learning_rate: float = _f(1e-4, "AdamW learning rate, constant schedule")
     beta: float = _f(0.0, "KL coefficient to the start-of-run model (0 = no reference model)")
     num_generations: int = _f(4, "completions per prompt (TRL's num_generations)")
@@ -225,16 +227,20 @@ class RLConfig:
                                      "every seed of a comparison on the same prompts")
     train_embeddings: bool = _f(False, "also train the input embeddings (the paper keeps them frozen)")
     train_head: bool = _f(False, "also train the LM head (the paper keeps it frozen)")
+    gamma: float = _f(0.95, "GiGPO: discount of the step returns that anchor-state groups compare")
+    step_advantage_w: float = _f(1.0, "GiGPO: weight omega of the step advantage in A = A^E + omega * A^S")
     use_vllm: bool = _f(False, "generate with vLLM (needs `pip install vllm` and a GPU)")
     vllm_mode: str = _f("colocate", "colocate | server (TRL's vllm_mode)")
 
     def __post_init__(self) -> None:
-        if self.loss_type not in LOSS_TYPES:
-            raise LayerscoutError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {self.loss_type!r}")
+        if self.loss_type not in RL_LOSS_TYPES:
+            raise LayerscoutError(f"loss_type must be one of {', '.join(RL_LOSS_TYPES)}; got {self.loss_type!r}")
         if self.num_generations < 2:
             raise LayerscoutError(
                 "group-relative advantages need at least 2 generations per prompt; "
                 f"got {self.num_generations}")
+        if not 0 <= self.gamma <= 1:
+            raise LayerscoutError(f"gamma must be in [0, 1]; got {self.gamma}")
         for name in ("max_completion_length", "prompts_per_step", "max_steps", "train_prompts", "logging_steps",
                      "eval_prompts", "eval_samples"):
             if getattr(self, name) < 1:

@@ -4,7 +4,8 @@ S is the quantity in the paper's layer contribution C(k) = (S_k - S_base) / (S_f
 when `num_samples == 1` (deterministic), otherwise `num_samples` sampled completions per prompt, averaged.
 The reward of every prompt is kept, keyed by item id, so two runs scored on the same prompts can be compared
 prompt by prompt (paired standard errors, paired bootstrap: metrics.py).
-Cost: one batched `generate` over n * num_samples sequences of at most `max_new_tokens` tokens.
+Cost: one batched `generate` over n * num_samples sequences of at most `max_new_tokens` tokens. Multi-turn tasks
+(those with `play`, e.g. agent) play each held-out game to its end instead: up to max_turns such calls.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
     """Score `model` on up to `n` held-out prompts of `task`.
 
     Returns {"score": mean reward in [0, 1], "n": prompts scored, "num_samples", "greedy", "seconds",
-    "ids": item id per prompt, "per_prompt": mean reward per prompt over its samples}. Example: `evaluate(model, tok, get_task("math"), n=64)["score"]`.
+    "ids": item id per prompt, "per_prompt": mean reward per prompt over its samples}.
+    Example: `evaluate(model, tok, get_task("math"), n=64)["score"]`.
     """
     import torch
 
@@ -38,13 +40,20 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
     try:
         with torch.random.fork_rng(devices=range(torch.cuda.device_count())):  # seeded; global RNG untouched
             torch.manual_seed(seed)
-            _, _, _, texts = generate(model, tokenizer, prompts, num_generations=num_samples,
-                                      max_new_tokens=max_new_tokens, temperature=temperature,
-                                      do_sample=not greedy, batch_size=batch_size)
+            if callable(getattr(task, "play", None)):  # multi-turn: play each held-out game to the end
+                rewards = [e.reward for e in task.play(model, tokenizer, list(data["answer"]),
+                                                       num_generations=num_samples, max_new_tokens=max_new_tokens,
+                                                       temperature=temperature, do_sample=not greedy,
+                                                       batch_size=batch_size)]
+            else:
+                _, _, _, texts = generate(model, tokenizer, prompts, num_generations=num_samples,
+                                          max_new_tokens=max_new_tokens, temperature=temperature,
+                                          do_sample=not greedy, batch_size=batch_size)
+                columns = {c: [v for v in data[c] for _ in range(num_samples)] for c in data.column_names
+                           if c != "prompt"}
+                rewards = task.reward(texts, **columns)
     finally:
         model.train(was_training)
-    columns = {c: [v for v in data[c] for _ in range(num_samples)] for c in data.column_names if c != "prompt"}
-    rewards = task.reward(texts, **columns)
     per_prompt = [sum(rewards[i:i + num_samples]) / num_samples for i in range(0, len(rewards), num_samples)]
     return {"score": float(sum(rewards) / len(rewards)), "n": len(prompts), "num_samples": num_samples,
             "greedy": greedy, "seconds": round(time.perf_counter() - start, 3),

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("layerscout", "torch", "transformers", "trl", "datasets", "accelerate", "captum", "scikit-learn",
-            "numpy", "reasoning-gym", "math-verify")
+            "numpy", "reasoning-gym", "math-verify", "textworld-express")
 
 
 def versions() -> dict[str, str | None]:

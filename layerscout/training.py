@@ -33,11 +33,14 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
     `output_dir/train_report.json`. Example:
     `train_layers(None, "math", [2], RLConfig(max_steps=10), "runs/l2")["final_score"]`.
     """
+    from .multiturn import check_supported
+
     start = time.perf_counter()
     config = config or RLConfig()
     out, checkpoint = _setup_output_dir(output_dir, resume)
     model, tokenizer, base_id, in_memory = _setup_model(model)
     task = _setup_task(task)
+    check_supported(task, config)
     trainable, base_state = _setup_freeze(model, layers, config)
     with _progress_bars(progress):
         base_eval = _base_eval(model, tokenizer, task, config, Path(base_eval_cache or out / BASE_EVAL))
@@ -137,9 +140,16 @@ def _eval_seed(config: RLConfig) -> int:
 
 def _setup_trainer(model, tokenizer, task, config: RLConfig, out: Path, trainable: list[str], in_memory: bool,
                    progress: bool, callbacks: list):
-    """GRPOTrainer over the task's train prompts. With beta > 0, TRL builds the KL reference by reloading
-    `config._name_or_path`, so an in-memory model is first saved to out/reference (its start weights)."""
+    """GRPOTrainer over the task's train prompts (multi-turn tasks: MultiTurnTrainer). With beta > 0, TRL builds the
+    KL reference by reloading `config._name_or_path`, so an in-memory model is first saved to out/reference."""
     from transformers import PrinterCallback
+
+    from .multiturn import MultiTurnTrainer, is_multi_turn
+
+    timer = step_timer()
+    guard = [optimizer_guard(set(trainable)), timer, *callbacks]
+    if is_multi_turn(task):
+        return MultiTurnTrainer(model, tokenizer, task, config, out, guard, progress=progress), timer
     from trl import GRPOTrainer
 
     name_or_path = model.config._name_or_path
@@ -148,10 +158,9 @@ def _setup_trainer(model, tokenizer, task, config: RLConfig, out: Path, trainabl
             model.save_pretrained(out / "reference")
         model.config._name_or_path = str(out / "reference")
     args = config.to_grpo_config(out, progress=progress)
-    timer = step_timer()
     trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=[task.reward], args=args,
                           train_dataset=task.load_prompts("train", config.train_prompts, config.seed),
-                          callbacks=[optimizer_guard(set(trainable)), timer, *callbacks])
+                          callbacks=guard)
     model.config._name_or_path = name_or_path
     if not progress:
         trainer.remove_callback(PrinterCallback)  # it prints every log dict when tqdm is off

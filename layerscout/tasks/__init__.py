@@ -49,6 +49,7 @@ def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages) + "\n"
 
 
+from . import agent as _agent  # noqa: E402,F401  (registers "agent")
 from . import code as _code  # noqa: E402,F401  (registers "code")
 from . import math as _math  # noqa: E402,F401  (registers "math")
 
