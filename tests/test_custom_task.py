@@ -205,3 +205,15 @@ class EchoTask(Task):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["task"] == "echo" and json.loads(r.stdout)["n"] == 4
+
+
+def test_a_users_task_scores_given_completions(user_dir, tmp_path, monkeypatch):
+    """`layerscout score` with the user's dataset and reward: ids are the prompt texts (or the rows' "id")."""
+    monkeypatch.chdir(user_dir)
+    row = json.loads((user_dir / "prompts.jsonl").read_text().splitlines()[0])
+    (tmp_path / "completions.jsonl").write_text(
+        json.dumps({"id": row["prompt"], "completion": f"= {row['target']}"}) + "\n"
+        + json.dumps({"id": row["prompt"], "completion": f"= {row['target'] + 1}"}) + "\n")
+    r = CliRunner().invoke(cli, ["score", *USER_TASK, "--input", str(tmp_path / "completions.jsonl"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert [x["reward"] for x in json.loads(r.stdout)] == [1.0, 0.5]
