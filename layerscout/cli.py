@@ -478,28 +478,19 @@ def fit(sweep_dirs, output, max_signals, as_json):
     """Fit the layer predictor on your calibration sweeps (each with contributions.json and the probe's
     ranking.json): the design is chosen by leave-one-model-out, then fitted on all sweeps."""
     from .predictor import fit_predictor
-    from .records import write_json
+    from .records import check_writable, write_json
 
-    _writable_parent(output)
+    check_writable(output)  # before the work
     fitted, _ = fit_predictor(list(sweep_dirs), max_signals=max_signals)
     data = fitted.to_dict()
     write_json(output, data)
     lomo = data["provenance"]["lomo_spearman"]
-    _emit(data, as_json, lambda: click.echo(f"chose {data['label']}; leave-one-model-out Spearman "
-                                            f"{', '.join(f'{k} {_num(v)}' for k, v in lomo.items())}; wrote {output}"))
+    _emit(data, as_json, lambda: _echo(f"chose {data['label']}; leave-one-model-out Spearman "
+                                       f"{', '.join(f'{k} {_num(v)}' for k, v in lomo.items())}; wrote {output}"))
 
 
 def _num(x) -> str:
     return "–" if x is None else f"{x:.2f}"
-
-
-def _writable_parent(path: str) -> None:
-    """Fail before the work when the output file's dir cannot be written."""
-    import os
-
-    parent = Path(path).resolve().parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise LayerscoutError(f"cannot write {path}: {parent} is not a writable directory")
 
 
 @cli.command(epilog="Example:\n\n  layerscout compare truth/math truth/code --output cmp/")
