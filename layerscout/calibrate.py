@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RLConfig, _f, apply_overrides, from_dict, load_yaml
+from .config import ModelSpec, RLConfig, _f, apply_overrides, from_dict, load_yaml
 from .errors import LayerscoutError
 from .records import write_json
 
@@ -42,6 +42,8 @@ class CalibrationConfig:
     full run only); `rl` holds any other RLConfig field. Defaults scan the default organism."""
 
     model: str | None = _f(None, "hub id, local model dir or .gguf file; None = the default organism")
+    device: str = _f("auto", "where every run trains: auto | cpu | cuda | cuda:N")
+    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16")
     task: str = _f("math", "probe recipe name or YAML path: its task, options and metadata.version")
     task_options: dict[str, Any] = _f({}, "override the recipe's task_options, e.g. {dataset: openai/gsm8k}")
     algo: str = _f("grpo", "loss_type of every run: grpo | dr_grpo")
@@ -68,6 +70,7 @@ class CalibrationConfig:
         if self.min_gain_se < 0:
             raise LayerscoutError(f"min_gain_se must be >= 0; got {self.min_gain_se}")
         self.rl_config(self.seeds[0])  # bad rl keys, types or values fail now, not after the first run
+        ModelSpec(name_or_path=self.model, device=self.device, dtype=self.dtype)  # a bad dtype fails now too
 
     def rl_config(self, seed: int) -> RLConfig:
         """The RLConfig of every run of `seed`. Checkpoints are off unless `rl` asks: a killed run restarts."""
@@ -263,24 +266,31 @@ def _import_ray():
 
 
 def run_job(config: CalibrationConfig, job: dict, progress: bool = True) -> dict:
-    """One run, then its record, written atomically to job["record"]. Starts from a clean scratch dir: a
-    killed run left no record, only scratch that is safe to overwrite. The base model is scored once per sweep
+    """One run, then its record, written atomically to job["record"]. A killed run left no record: with
+    checkpoints on (rl.save_steps > 0) it resumes from its last complete one (train_layers checks that the scratch
+    holds this same run), else it starts again from a clean scratch dir. The base model is scored once per sweep
     (DIR/base_eval.json): every run is scored on the same prompts with the same settings."""
     from .recipes import build_task
-    from .training import train_layers
+    from .training import is_main_process, train_layers, wait_for_everyone
 
     recipe = _recipe(config)
     scratch = _scratch(config, job)
-    shutil.rmtree(scratch, ignore_errors=True)
-    run = train_layers(config.model, build_task(recipe), job["layers"], config.rl_config(job["seed"]), scratch,
-                       progress=progress, base_eval_cache=Path(config.output) / BASE_EVAL)
+    rl = config.rl_config(job["seed"])
+    wait_for_everyone()  # processes of an accelerate launch enter each job together
+    if not rl.save_steps and is_main_process():
+        shutil.rmtree(scratch, ignore_errors=True)
+    wait_for_everyone()
+    model = ModelSpec(name_or_path=config.model, device=config.device, dtype=config.dtype)
+    run = train_layers(model, build_task(recipe), job["layers"], rl, scratch, resume=True, progress=progress,
+                       base_eval_cache=Path(config.output) / BASE_EVAL)
     dropped = ("log_history", "output_dir", "delta")  # per-step logs: reward_curve keeps the reward
     record = {"job": job["id"], **{k: v for k, v in run.items() if k not in dropped},
-              "recipe_version": recipe.version, "recipe": str(recipe.path), "job_command": job["command"],
+              "recipe_version": recipe.version, "recipe": recipe.name, "job_command": job["command"],
               "run_dir": str(scratch) if config.keep_runs else None, "calibration": dataclasses.asdict(config)}
-    write_json(job["record"], record)
-    if not config.keep_runs:
-        shutil.rmtree(scratch)
+    if is_main_process():
+        write_json(job["record"], record)
+        if not config.keep_runs:
+            shutil.rmtree(scratch)
     return record
 
 

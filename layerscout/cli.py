@@ -4,7 +4,10 @@ imported inside commands so `layerscout --help` stays instant."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,19 +16,34 @@ import click
 from .errors import LayerscoutError
 
 MODEL_HELP = "hub id, local model dir or .gguf file (default: the embedded default organism)"
+_results = [sys.stdout]  # where results go; everything else printed during a command goes to stderr
 
 
 class _Group(click.Group):
-    """Turns LayerscoutError (and a few library errors users cause) into one line on stderr, exit 2."""
+    """Turns LayerscoutError (and a few library errors users cause) into one line on stderr, exit 2. While a
+    command runs, stdout is stderr (TRL's per-step log dicts, library prints); only `_echo` reaches stdout, and
+    only from the main process of a multi-process launch."""
 
     def invoke(self, ctx):
+        main_process = os.environ.get("RANK", "0") == "0"  # under accelerate launch / torchrun, one result
+        _results.append(sys.stdout if main_process else open(os.devnull, "w"))
         try:
-            return super().invoke(ctx)
+            with contextlib.redirect_stdout(sys.stderr):
+                return super().invoke(ctx)
         except LayerscoutError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        finally:
+            _results.pop()
+            if ctx.meta.get("layerscout.logging"):
+                configure_logging()  # remove the handlers --verbose / --log-file added
+
+
+def _echo(message="", **kw) -> None:
+    """click.echo to the real stdout: the one place a command's result is printed."""
+    click.echo(message, file=_results[-1], **kw)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]},
@@ -40,30 +58,105 @@ def cli(ctx, debug):
 
 def _emit(data: dict, as_json: bool, table) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        _echo(json.dumps(data, indent=2, default=str))
     else:
         table()
 
 
-def _model_options(f):
-    f = click.option("--dtype", default="auto", show_default=True,
-                     type=click.Choice(["auto", "float32", "bfloat16", "float16"]))(f)
-    f = click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")(f)
-    return f
+# ---------------------------------------------------------------- flags every command spells the same way
+
+def configure_logging(verbose: bool = False, log_file: str | None = None) -> None:
+    """`layerscout` loggers (and warnings) to stderr at INFO with --verbose, and everything at DEBUG (TRL's per-step
+    metrics included, and transformers' and TRL's own warnings) to --log-file. Replaces handlers it set before."""
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = ("layerscout", "py.warnings", "transformers", "trl")
+    for name in names:
+        logger = logging.getLogger(name)
+        for h in [h for h in logger.handlers if getattr(h, "_layerscout", False)]:
+            logger.removeHandler(h)
+            h.close()
+    handlers = []
+    if verbose:
+        console = logging.StreamHandler(sys.stderr)
+        console.setLevel(logging.INFO)
+        console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handlers.append((console, names[:2]))
+    if log_file:
+        file = logging.FileHandler(log_file)
+        file.setLevel(logging.DEBUG)
+        file.setFormatter(fmt)
+        handlers.append((file, names))
+    for handler, targets in handlers:
+        handler._layerscout = True
+        for name in targets:
+            logging.getLogger(name).addHandler(handler)
+    logging.getLogger("layerscout").setLevel(logging.DEBUG if handlers else logging.NOTSET)
+    logging.captureWarnings(bool(handlers))
 
 
-def _dataset_options(f):
-    f = click.option("--answer-column", help="answer column of --dataset (default: answer)")(f)
-    f = click.option("--question-column", help="question column of --dataset (default: question)")(f)
-    f = click.option("--dataset", help="hub dataset id (e.g. openai/gsm8k) or local .jsonl/.json/.parquet/.csv "
-                                       "instead of the recipe's generator")(f)
-    return f
+def _log_option(ctx, param, value):
+    if value:
+        if param.name == "log_file":
+            from .records import check_writable
+
+            check_writable(value)
+        settings = ctx.meta.setdefault("layerscout.logging", {})
+        settings[param.name] = value
+        configure_logging(**settings)
 
 
-def _dataset_overrides(dataset, question_column, answer_column) -> list[str]:
-    pairs = {"dataset": dataset, "source": "dataset" if dataset else None, "question_column": question_column,
-             "answer_column": answer_column}
-    return [f"task_options.{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
+SHARED = {
+    "task": [click.option("--task", help="a probe recipe (math), a registered task (`layerscout tasks ls`) or a "
+                                         "recipe YAML; default: math, or custom with --reward")],
+    "dataset": [
+        click.option("--dataset", help="your prompts: a local .jsonl/.json/.parquet/.csv file or a hub dataset id "
+                                       "(with --reward: any columns; without: the math task's question/answer)"),
+        click.option("--reward", help="your reward function, TRL's signature f(prompts, completions, **columns) -> "
+                                      "list[float]: module:function or path/to/file.py:function"),
+        click.option("--prompt-column", help="with --reward: the prompt column of --dataset (default: prompt)"),
+        click.option("--question-column", help="math --dataset: the question column (default: question)"),
+        click.option("--answer-column", help="math --dataset: the answer column (default: answer)")],
+    "algo": [click.option("--algo", type=click.Choice(["grpo", "dr_grpo", "gigpo"]),
+                          help="grpo | dr_grpo (Dr. GRPO: no std division) | gigpo (multi-turn tasks, e.g. --task "
+                               "agent); default grpo")],
+    "seed": [click.option("--seed", type=int, help="seed of prompt draws, sampling and training (same seed, same "
+                                                   "result on CPU)")],
+    "device": [click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")],
+    "dtype": [click.option("--dtype", default="auto", show_default=True,
+                           type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                           help="auto: float32 on CPU, bfloat16 on CUDA")],
+    "json": [click.option("--json", "as_json", is_flag=True,
+                          help="print the result as one JSON document on stdout (logs and progress go to stderr)")],
+    "quiet": [click.option("--quiet", is_flag=True, help="no progress bars")],
+    "log": [click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_log_option,
+                         help="log what happens (INFO) to stderr"),
+            click.option("--log-file", type=click.Path(dir_okay=False), expose_value=False, callback=_log_option,
+                         help="also write every log record (DEBUG: TRL's per-step metrics too) to this file")],
+}
+
+
+def shared_options(*names):
+    """Add the shared flags `names` (keys of SHARED) with one spelling and one help text on every command, e.g.
+    `@shared_options("task", "dataset", "seed", "device", "dtype", "json", "quiet", "log")`; the command reads
+    the task flags with `_task_spec(opts)`."""
+    def deco(f):
+        for name in reversed(names):
+            for option in reversed(SHARED[name]):
+                f = option(f)
+        return f
+
+    return deco
+
+
+TASK_FLAGS = ("dataset", "reward", "prompt_column", "question_column", "answer_column")
+
+
+def _task_spec(opts: dict, task: str | None = None) -> tuple[str, list[str]]:
+    """(recipe name or path, overrides) from the shared task flags (popped from `opts`)."""
+    from .recipes import task_spec
+
+    flags = {k: opts.pop(k) for k in TASK_FLAGS}
+    return task_spec(task or opts.pop("task", None), **flags)
 
 
 # ---------------------------------------------------------------- rank
@@ -75,71 +168,64 @@ def _dataset_overrides(dataset, question_column, answer_column) -> list[str]:
   layerscout rank Qwen/Qwen3-4B --task math --json --output ranking.json
 
   layerscout rank ./SmolLM2-135M-Instruct.Q4_1.gguf --probe my_math.yaml -o num_prompts=16
+
+  layerscout rank MODEL --dataset my_prompts.jsonl --reward my_reward.py:score --algo dr_grpo
 """)
 @click.argument("model", required=False)
-@click.option("--task", "task", default="math", show_default=True, help="built-in probe recipe (task name)")
-@click.option("--probe", "probe_file", type=click.Path(dir_okay=False), help="probe recipe YAML (overrides --task)")
+@click.option("--probe", "probe_file", type=click.Path(dir_okay=False), help="probe recipe YAML (instead of --task)")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a recipe field, e.g. -o num_prompts=16 -o task_options.generator=chain_sum")
-@_dataset_options
-@click.option("--seed", type=int, help="probe seed (same seed, same ranking on CPU)")
-@_model_options
-@click.option("--json", "as_json", is_flag=True, help="print the ranking as JSON on stdout")
 @click.option("--output", type=click.Path(dir_okay=False), help="write the ranking JSON here")
-@click.option("--quiet", is_flag=True, help="no progress bars")
-def rank(model, task, probe_file, overrides, dataset, question_column, answer_column, seed, device, dtype, as_json,
-         output, quiet):
+@shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log")
+def rank(model, probe_file, overrides, output, **opts):
     """Run a short RL probe on MODEL and rank its decoder layers for single-layer RL."""
-    from .probe import rank_layers
-    from .records import write_json
+    from .records import check_writable, write_json_or_rescue
 
-    overrides = list(overrides) + _dataset_overrides(dataset, question_column, answer_column)
-    ranking = rank_layers(model, probe_file or task, overrides=overrides, seed=seed, device=device,
-                          dtype=dtype, progress=not quiet)
+    if output:
+        check_writable(output)  # before the probe: a bad path fails now, not after minutes of work
+    from .probe import rank_layers
+
+    recipe, task_overrides = _task_spec(opts, probe_file)
+    algo = [f"loss_type={opts['algo']}"] if opts["algo"] else []
+    ranking = rank_layers(model, recipe, overrides=list(overrides) + task_overrides + algo, seed=opts["seed"],
+                          device=opts["device"], dtype=opts["dtype"], progress=not opts["quiet"])
     data = ranking.to_dict()
     if output:
-        write_json(output, data)
-    _emit(data, as_json, lambda: _print_ranking(data))
+        write_json_or_rescue(output, data)
+    _emit(data, opts["as_json"], lambda: _print_ranking(data))
 
 
 def _print_ranking(data: dict) -> None:
     main = [s for s in ("lookahead_gain", "grad_norm_rel", "grad_snr", "fisher_trace", "attribution",
                         "update_norm", "spectral_snr") if s in data["layers"][0]["signals"]]
     head = f"{'layer':>5} {'rank':>4} {'score':>6} " + " ".join(f"{s:>14}" for s in main)
-    click.echo(f"model {data['model']}  task {data['task']}  algo {data['algo']}  seed {data['seed']}")
-    click.echo(head)
+    _echo(f"model {data['model']}  task {data['task']}  algo {data['algo']}  seed {data['seed']}")
+    _echo(head)
     for row in data["layers"]:
         vals = " ".join(f"{row['signals'][s]:>14.4g}" for s in main)
-        click.echo(f"{row['index']:>5} {row['rank']:>4} {row['score']:>6.3f} {vals}")
+        _echo(f"{row['index']:>5} {row['rank']:>4} {row['score']:>6.3f} {vals}")
     c, r = data["cost"], data["rollouts"]
-    click.echo(f"top layer: {data['top_layer']}  |  mean reward {r['mean_reward']:.2f}, "
+    _echo(f"top layer: {data['top_layer']}  |  mean reward {r['mean_reward']:.2f}, "
                f"{r['informative_groups']}/{r['prompts']} groups informative  |  {c['seconds']:.1f} s, "
                f"{c['generated_tokens']} generated tokens, {c['forward_backward_passes']} fwd+bwd passes")
 
 
 # ---------------------------------------------------------------- RL runs
 
-def _rl_config(config_file, overrides, **fields):
+def _rl_config(config_file, overrides, report_to=None, **fields):
     """RLConfig from an optional YAML file, then -o KEY=VALUE overrides, then explicit flags."""
     from .config import RLConfig, apply_overrides, from_dict, load_yaml
 
     data = load_yaml(config_file) if config_file else {}
-    data = apply_overrides(data, list(overrides))
+    data = apply_overrides(data, list(overrides) + _report_to_override(report_to))
     data.update({k: v for k, v in fields.items() if v is not None})
     return from_dict(RLConfig, data, source=config_file or "options")
 
 
 def _writable_dir(path: str) -> str:
-    import os
-    from pathlib import Path
+    from .records import check_writable
 
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LayerscoutError(f"cannot create output dir {p}: {e.strerror}") from None
-    if not os.access(p, os.W_OK):
-        raise LayerscoutError(f"output dir {p} is not writable")
+    check_writable(path, kind="dir")
     return path
 
 
@@ -151,85 +237,110 @@ def _writable_dir(path: str) -> str:
   layerscout train --task math --layers 3,4 --output runs/l34
   layerscout train --task math --full --algo dr_grpo --output runs/full --resume
   layerscout train ./my-model --task agent --algo gigpo --layers 4 --output runs/agent-l4
+  layerscout train --layers 3 --report-to tensorboard -o trl.gradient_accumulation_steps=2 --output runs/l3
+  layerscout train MODEL --auto-layer --dataset prompts.jsonl --reward my_reward.py:score --output runs/mine
+  accelerate launch --num_processes 4 -m layerscout.cli train MODEL --layers 12 --output runs/l12
 """)
 @click.argument("model", required=False)
-@click.option("--task", default="math", show_default=True)
 @click.option("--auto-layer", is_flag=True, help="train the top-k blocks of a ranking (probed now, or --ranking)")
 @click.option("--top-k", type=int, default=1, show_default=True, help="with --auto-layer: how many blocks")
 @click.option("--ranking", "ranking_file", type=click.Path(dir_okay=False), help="with --auto-layer: ranking JSON")
+@click.option("--force", is_flag=True, help="with --ranking: use a ranking made on another model (recorded in the "
+                                            "run's report as ranking_override)")
 @click.option("--layers", help="explicit blocks: 12,13 | 0-4 | ::3")
 @click.option("--full", is_flag=True, help="full-parameter RL (the C(k) reference run)")
-@click.option("--algo", type=click.Choice(["grpo", "dr_grpo", "gigpo"]),
-              help="loss type (default grpo); gigpo needs a multi-turn task (--task agent)")
 @click.option("--steps", type=int, help="optimizer steps (RLConfig.max_steps)")
-@click.option("--seed", type=int)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="RLConfig YAML")
-@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="RLConfig field")
-@_model_options
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="RLConfig YAML; its `trl:` block passes any other trl.GRPOConfig field through")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="RLConfig field, e.g. -o learning_rate=3e-5 -o trl.gradient_checkpointing=true")
+@click.option("--report-to", help="TRL/transformers loggers: tensorboard, wandb, trackio, ... (trl.report_to)")
 @click.option("--output", required=True, type=click.Path(file_okay=False))
-@click.option("--resume", is_flag=True, help="continue a killed run from its last checkpoint")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--quiet", is_flag=True)
-def train(model, task, auto_layer, top_k, ranking_file, layers, full, algo, steps, seed, config_file, overrides,
-          device, dtype, output, resume, as_json, quiet):
+@click.option("--resume", is_flag=True, help="continue a killed run from its last complete checkpoint (the same "
+                                             "settings only; a finished run is reported and left untouched)")
+@shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log")
+def train(model, auto_layer, top_k, ranking_file, force, layers, full, steps, config_file, overrides, report_to,
+          output, resume, **opts):
     """RL-train only the chosen decoder blocks (GRPO / Dr. GRPO via TRL; GiGPO on multi-turn tasks), scoring
-    held-out before and after."""
+    held-out before and after. Under `accelerate launch` it trains on every process (data parallel); only the
+    main process writes."""
     chosen = [flag for flag, on in (("--auto-layer", auto_layer), ("--layers", layers), ("--full", full)) if on]
     if len(chosen) != 1:
         raise LayerscoutError("choose exactly one of --auto-layer, --layers, --full"
                               + (f" (got {' and '.join(chosen)})" if chosen else ""))
-    if not auto_layer and (ranking_file or top_k != 1):
-        raise LayerscoutError("--ranking and --top-k only apply with --auto-layer")
+    if not auto_layer and (ranking_file or top_k != 1 or force):
+        raise LayerscoutError("--ranking, --top-k and --force only apply with --auto-layer")
     if top_k < 1:
         raise LayerscoutError(f"--top-k must be >= 1; got {top_k}")
-    cfg = _rl_config(config_file, overrides, loss_type=algo, max_steps=steps, seed=seed)
-    _writable_dir(output)
+    seed, progress = opts["seed"], not opts["quiet"]
+    cfg = _rl_config(config_file, overrides, loss_type=opts["algo"], max_steps=steps, seed=seed, report_to=report_to)
+    recipe, task_overrides = _task_spec(opts)
+    from .training import check_output_dir
+
+    check_output_dir(output, resume)  # before any model is loaded
     if auto_layer:
         from .autolayer import train_auto
 
-        record = train_auto(model, task, top_k=top_k, ranking=ranking_file, config=cfg, output_dir=output,
-                            resume=resume, seed=seed, device=device, dtype=dtype, progress=not quiet)
+        record = train_auto(model, recipe, top_k=top_k, ranking=ranking_file, force=force, config=cfg,
+                            output_dir=output, resume=resume, seed=seed, device=opts["device"], dtype=opts["dtype"],
+                            progress=progress, overrides=task_overrides)
     else:
         from .config import ModelSpec
         from .models import load_model, num_layers, parse_layers
         from .recipes import build_task, load_recipe
         from .training import train_layers
 
-        pair = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+        task = build_task(load_recipe(recipe, task_overrides))  # a bad task fails before the model loads
+        pair = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]))
         picked = None if full else parse_layers(layers, num_layers(pair[0]))
-        record = train_layers(pair, build_task(load_recipe(task)), picked, cfg, output, resume=resume,
-                              progress=not quiet)
-    _emit(record, as_json, lambda: _print_run(record, output))
+        record = train_layers(pair, task, picked, cfg, output, resume=resume, progress=progress)
+    _emit(record, opts["as_json"], lambda: _print_run(record, output))
+
+
+def _report_to_override(report_to: str | None, prefix: str = "") -> list[str]:
+    """--report-to tensorboard,wandb -> the trl.report_to override (a list)."""
+    if not report_to:
+        return []
+    return [f"{prefix}trl.report_to={json.dumps([x.strip() for x in report_to.split(',') if x.strip()])}"]
 
 
 def _print_run(record: dict, output: str) -> None:
     base, final = record.get("base_score"), record.get("final_score")
-    click.echo(f"trained blocks {record.get('layers') or 'all'} for {record.get('steps')} steps "
+    _echo(f"trained blocks {record.get('layers') or 'all'} for {record.get('steps')} steps "
                f"({record.get('algo')}): held-out {base:.3f} -> {final:.3f}; wrote {output}")
 
 
-@cli.command("eval", epilog="Example:\n\n  layerscout eval runs/auto --task math --json")
+@cli.command("eval", epilog="""Examples:
+
+\b
+  layerscout eval runs/auto --task math --json
+  layerscout eval MODEL --dataset prompts.jsonl --reward my_reward.py:score -n 128
+""")
 @click.argument("model", required=False)
-@click.option("--task", default="math", show_default=True)
 @click.option("-n", "n", type=int, default=64, show_default=True, help="held-out prompts")
 @click.option("--samples", type=int, default=1, show_default=True, help="completions per prompt (1 = greedy)")
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@_model_options
-@click.option("--json", "as_json", is_flag=True)
-def eval_cmd(model, task, n, samples, max_new_tokens, seed, device, dtype, as_json):
-    """Held-out score of MODEL on a task (accuracy / pass rate)."""
+@shared_options("task", "dataset", "seed", "device", "dtype", "json", "quiet", "log")
+def eval_cmd(model, n, samples, max_new_tokens, **opts):
+    """Held-out score of MODEL on a task (accuracy / pass rate). The held-out prompts are drawn with --seed
+    (default 0)."""
     from .config import ModelSpec
     from .evaluate import evaluate
     from .models import load_model, model_name
     from .recipes import build_task, load_recipe
 
-    m, tok = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
-    result = {"model": model_name(m), "task": task,
-              **evaluate(m, tok, build_task(load_recipe(task)), n=n, seed=seed, num_samples=samples,
+    recipe = load_recipe(*_task_spec(opts))
+    task = build_task(recipe)
+    if opts["quiet"]:
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    m, tok = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]))
+    result = {"model": model_name(m), "task": recipe.task,
+              **evaluate(m, tok, task, n=n, seed=opts["seed"] or 0, num_samples=samples,
                          max_new_tokens=max_new_tokens)}
-    _emit(result, as_json, lambda: click.echo(f"{result['model']} on {task}: score {result['score']:.3f} "
-                                              f"over {result['n']} held-out prompts"))
+    _emit(result, opts["as_json"], lambda: _echo(f"{result['model']} on {result['task']}: score {result['score']:.3f} "
+                                                 f"over {result['n']} held-out prompts"))
 
 
 @cli.command("apply", epilog="Example:\n\n  layerscout apply Qwen/Qwen3-4B runs/q4/layer_delta.safetensors --output q4-rl")
@@ -245,7 +356,7 @@ def apply_cmd(base, delta, output):
     m, tok = load_model(base)
     apply_delta(m, delta).save_pretrained(output)
     tok.save_pretrained(output)
-    click.echo(f"wrote {output}")
+    _echo(f"wrote {output}")
 
 
 @cli.command(epilog="Example:\n\n  layerscout export ranking.json --format axolotl --top-k 3")
@@ -261,7 +372,7 @@ def export(ranking_file, fmt, top_k, model):
 
     ranking = LayerRanking.load(ranking_file).to_dict()
     m, _ = load_model(model or ranking["model"])
-    click.echo(export_ranking(ranking, m, fmt, top_k), nl=False)
+    _echo(export_ranking(ranking, m, fmt, top_k), nl=False)
 
 
 # ---------------------------------------------------------------- ground truth
@@ -271,49 +382,64 @@ def export(ranking_file, fmt, top_k, model):
 \b
   layerscout calibrate --task math --algo grpo --seeds 3 --steps 100 --output truth/qwen3
   layerscout calibrate Qwen/Qwen3-1.7B --layers ::3 --output truth/q17 --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT
-  layerscout calibrate --config sweep.yaml --launcher ray --ray-address auto
+  layerscout calibrate --config sweep.yaml --launcher ray --ray-address auto --json
+  layerscout calibrate MODEL --dataset prompts.jsonl --reward my_reward.py:score --seeds 2 --output truth/mine
+  accelerate launch --num_processes 4 -m layerscout.cli calibrate --config truth/mine/sweep.json --shard 0/9
 """)
 @click.argument("model", required=False)
-@click.option("--task", help="probe recipe name or YAML (default math)")
-@click.option("--algo", type=click.Choice(["grpo", "dr_grpo"]))
 @click.option("--layers", help="blocks to scan: all | 0,4,8 | 0-4 | ::3")
-@click.option("--seeds", type=int, help="number of seeds (0..N-1)")
+@click.option("--seeds", type=click.IntRange(min=1), help="number of seeds: 0..N-1 (or --seed S for one)")
 @click.option("--steps", type=int, help="GRPO steps of every run")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="CalibrationConfig YAML or sweep.json")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="CalibrationConfig field, e.g. -o rl.learning_rate=1e-4")
-@click.option("--output", type=click.Path(file_okay=False), help="sweep dir")
+@click.option("--report-to", help="TRL/transformers loggers for every run: tensorboard, wandb, ... (rl.trl.report_to)")
+@click.option("--output", type=click.Path(file_okay=False), help="sweep dir (default: the config's output)")
 @click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", help="Ray cluster address (default: start a local Ray)")
 @click.option("--shard", help="i/n: run only jobs j with j % n == i (Slurm job arrays)")
-@click.option("--print-jobs", is_flag=True, help="print the job list (with commands) as JSON and exit")
-@click.option("--quiet", is_flag=True)
-def calibrate(model, task, algo, layers, seeds, steps, config_file, overrides, output, launcher, ray_address, shard,
-              print_jobs, quiet):
+@click.option("--print-jobs", is_flag=True,
+              help="write the sweep manifest to the output dir, print the job list (with commands) as JSON, exit")
+@shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log")
+def calibrate(model, layers, seeds, steps, config_file, overrides, report_to, output, launcher, ray_address, shard,
+              print_jobs, **opts):
     """Ground truth: a full-parameter run and one single-block run per block, per seed -> C(k). Full runs go
     first; a seed whose full run gains under min_gain_se paired standard errors gets no block runs. Each run
     writes its record the moment it finishes; rerunning skips finished runs."""
     from . import calibrate as cal
-    from .config import apply_overrides, from_dict, load_yaml
+    from .config import apply_overrides, from_dict
 
+    seed = opts["seed"]
+    if seeds is not None and seed is not None:
+        raise LayerscoutError("give --seeds N or --seed S, not both")
     data = cal.load_config(config_file).__dict__ if config_file else {}
-    data = apply_overrides(dict(data), list(overrides))
-    if seeds is not None and seeds < 1:
-        raise LayerscoutError(f"--seeds must be >= 1; got {seeds}")
-    flags = {"model": model, "task": task, "algo": algo, "layers": layers, "steps": steps, "output": output,
-             "seeds": list(range(seeds)) if seeds is not None else None}
+    task_given = opts["task"] or opts["reward"]
+    task, task_overrides = _task_spec(opts)
+    data = apply_overrides(dict(data), list(overrides) + _report_to_override(report_to, "rl.") + task_overrides)
+    flags = {"model": model, "task": task if task_given else None, "algo": opts["algo"], "layers": layers,
+             "steps": steps, "output": output,
+             "device": None if opts["device"] == "auto" else opts["device"],
+             "dtype": None if opts["dtype"] == "auto" else opts["dtype"],
+             "seeds": list(range(seeds)) if seeds is not None else [seed] if seed is not None else None}
     data.update({k: v for k, v in flags.items() if v is not None})
+    explicit_output = output or config_file or any(o.split("=", 1)[0].strip() == "output" for o in overrides)
+    if print_jobs and not explicit_output:
+        raise LayerscoutError("--print-jobs writes the sweep manifest that the job commands read: give --output DIR")
     config = from_dict(cal.CalibrationConfig, data, source=config_file or "options")
+    _writable_dir(config.output)  # before any model is loaded
     part = cal.parse_shard(shard) if shard else None
     if print_jobs:
-        click.echo(json.dumps(cal.select_shard(cal.jobs(config), part), indent=2))
+        _echo(json.dumps(cal.select_shard(cal.jobs(config), part), indent=2))
         return
-    result = cal.run_calibration(config, launcher, part, ray_address, progress=not quiet)
+    result = cal.run_calibration(config, launcher, part, ray_address, progress=not opts["quiet"])
     summary = result["summary"]
-    click.echo(json.dumps({"ran": result["ran"], "skipped_seeds": result["skipped"],
-                           "missing": summary.get("missing"), "seed_spearman": summary.get("seed_spearman"),
-                           "noise_ceiling": summary.get("noise_ceiling"),
-                           "contributions": f"{config.output}/contributions.json"}, indent=2, default=str))
+    data = {"ran": result["ran"], "skipped_seeds": result["skipped"], "missing": summary.get("missing"),
+            "seed_spearman": summary.get("seed_spearman"), "noise_ceiling": summary.get("noise_ceiling"),
+            "contributions": f"{config.output}/contributions.json"}
+    _emit(data, opts["as_json"], lambda: _echo(
+        f"ran {len(data['ran'])} run(s), {len(data['missing'] or [])} missing, skipped seeds "
+        f"{data['skipped_seeds'] or 'none'}; seed-to-seed Spearman of C: {data['seed_spearman']}; wrote "
+        f"{data['contributions']}"))
 
 
 @cli.command(epilog="""Example:
@@ -333,8 +459,9 @@ def validate(paths, output, k, bootstrap, as_json):
 
     if len(paths) < 2:
         raise LayerscoutError("give one or more ranking files, then the truth dir")
+    _writable_dir(output)
     report = run_validate(list(paths[:-1]), paths[-1], output, k=k, n_boot=bootstrap)
-    _emit(report, as_json, lambda: click.echo((Path(output) / "report.md").read_text()))
+    _emit(report, as_json, lambda: _echo((Path(output) / "report.md").read_text()))
 
 
 @cli.command(epilog="""Examples:
@@ -351,28 +478,19 @@ def fit(sweep_dirs, output, max_signals, as_json):
     """Fit the layer predictor on your calibration sweeps (each with contributions.json and the probe's
     ranking.json): the design is chosen by leave-one-model-out, then fitted on all sweeps."""
     from .predictor import fit_predictor
-    from .records import write_json
+    from .records import check_writable, write_json
 
-    _writable_parent(output)
+    check_writable(output)  # before the work
     fitted, _ = fit_predictor(list(sweep_dirs), max_signals=max_signals)
     data = fitted.to_dict()
     write_json(output, data)
     lomo = data["provenance"]["lomo_spearman"]
-    _emit(data, as_json, lambda: click.echo(f"chose {data['label']}; leave-one-model-out Spearman "
-                                            f"{', '.join(f'{k} {_num(v)}' for k, v in lomo.items())}; wrote {output}"))
+    _emit(data, as_json, lambda: _echo(f"chose {data['label']}; leave-one-model-out Spearman "
+                                       f"{', '.join(f'{k} {_num(v)}' for k, v in lomo.items())}; wrote {output}"))
 
 
 def _num(x) -> str:
     return "–" if x is None else f"{x:.2f}"
-
-
-def _writable_parent(path: str) -> None:
-    """Fail before the work when the output file's dir cannot be written."""
-    import os
-
-    parent = Path(path).resolve().parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise LayerscoutError(f"cannot write {path}: {parent} is not a writable directory")
 
 
 @cli.command(epilog="Example:\n\n  layerscout compare truth/math truth/code --output cmp/")
@@ -384,8 +502,10 @@ def compare(truth_dirs, output, as_json):
     """Rank correlation (Spearman) of C(k) across sweeps: tasks, algorithms, seeds of one model."""
     from .report import compare as run_compare
 
+    if output:
+        _writable_dir(output)
     result = run_compare(list(truth_dirs), output)
-    _emit(result, as_json, lambda: click.echo(result["markdown"]))
+    _emit(result, as_json, lambda: _echo(result["markdown"]))
 
 
 @cli.command(epilog="""Examples:
@@ -393,32 +513,33 @@ def compare(truth_dirs, output, as_json):
 \b
   layerscout score --task code --input completions.jsonl --json
   layerscout score --task math --input answers.jsonl
+  layerscout score --dataset prompts.jsonl --reward my_reward.py:score --input completions.jsonl
 
 \b
 Input: one JSON object per line, {"id": "HumanEval/0", "completion": "    return False\\n"}; ids are the task's
 item ids (HumanEval/N, a dataset's "id", or a math question's text). Other keys in a line (e.g. "answer") stand
 in for the item's columns.
 """)
-@click.option("--task", required=True, help="task recipe name or YAML (code, math, ...)")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="JSONL of {id, completion}")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="recipe field, e.g. -o task_options.reward=all_pass -o task_options.sandbox.timeout_s=2")
-@click.option("--dataset", help="the task's local dataset file instead of its default data")
-@click.option("--json", "as_json", is_flag=True, help="print a list of {id, reward, status, detail}")
-def score(task, input_path, overrides, dataset, as_json):
-    """Score given completions with a task's reward: one reward per input line, in order, and what happened."""
+@shared_options("task", "dataset", "json", "quiet", "log")
+def score(input_path, overrides, **opts):
+    """Score given completions with a task's reward: one reward per input line, in order, and what happened.
+    (No model runs, so --algo, --seed, --device and --dtype do not apply.)"""
     from .recipes import build_task, load_recipe
     from .scoring import read_completions, score_completions
 
     records = read_completions(input_path)
-    task_obj = build_task(load_recipe(task, list(overrides) + _dataset_overrides(dataset, None, None)))
+    recipe, task_overrides = _task_spec(opts)
+    task_obj = build_task(load_recipe(recipe, list(overrides) + task_overrides))
     results = score_completions(task_obj, records)
-    if as_json:
-        click.echo(json.dumps(results, indent=2))
+    if opts["as_json"]:
+        _echo(json.dumps(results, indent=2))
     else:
         for r in results:
-            click.echo(f"{r['reward']:.4g}\t{r['id']}\t{r['detail']}")
+            _echo(f"{r['reward']:.4g}\t{r['id']}\t{r['detail']}")
 
 
 # ---------------------------------------------------------------- organisms
@@ -439,8 +560,9 @@ def organism_build(arch, num_layers, task, seed, output, as_json):
     """Train a small model by SFT until its held-out accuracy is partial (about 20-60 %)."""
     from .organisms import OrganismConfig, build_organism
 
+    _writable_dir(output)
     report = build_organism(OrganismConfig(arch=arch, num_layers=num_layers, task=task, seed=seed), output)
-    _emit(report, as_json, lambda: click.echo(json.dumps(report, indent=2, default=str)))
+    _emit(report, as_json, lambda: _echo(json.dumps(report, indent=2, default=str)))
 
 
 # ---------------------------------------------------------------- registries
@@ -457,7 +579,7 @@ def tasks_ls(as_json):
     from .tasks import list_tasks
 
     names = list_tasks()
-    _emit({"tasks": names}, as_json, lambda: click.echo("\n".join(names)))
+    _emit({"tasks": names}, as_json, lambda: _echo("\n".join(names)))
 
 
 @cli.group()
@@ -473,7 +595,7 @@ def signals_ls(as_json):
 
     sigs = list_signals()
     _emit({"signals": [{"name": s.name, "help": s.help} for s in sigs]}, as_json,
-          lambda: [click.echo(f"{s.name:<22} {s.help}") for s in sigs])
+          lambda: [_echo(f"{s.name:<22} {s.help}") for s in sigs])
 
 
 @cli.group()
@@ -487,7 +609,7 @@ def probes_ls():
     from .recipes import builtin_recipes
 
     for name, path in builtin_recipes().items():
-        click.echo(f"{name:<10} {path}")
+        _echo(f"{name:<10} {path}")
 
 
 @probes.command("cp", epilog="Example:\n\n  layerscout probes cp math ./my_math.yaml")
@@ -502,8 +624,12 @@ def probes_cp(name, dest):
 
     if Path(dest).exists():
         raise LayerscoutError(f"{dest} exists; not overwriting")
-    shutil.copyfile(resolve(name), dest)
-    click.echo(f"wrote {dest}")
+    source = resolve(name)
+    if source is None:
+        raise LayerscoutError(f"task {name!r} has no recipe file to copy; write one with `task: {name}` (see "
+                              "`layerscout probes cp math`)")
+    shutil.copyfile(source, dest)
+    _echo(f"wrote {dest}")
 
 
 @probes.command("validate", epilog="Example:\n\n  layerscout probes validate ./my_math.yaml")
@@ -514,7 +640,7 @@ def probes_validate(recipe):
 
     r = load_recipe(recipe)
     build_task(r)
-    click.echo(f"ok: task {r.task} v{r.version}, {len(r.probe.signals)} signals")
+    _echo(f"ok: task {r.task} v{r.version}, {len(r.probe.signals)} signals")
 
 
 @cli.command()
@@ -524,7 +650,7 @@ def env(as_json):
     from .records import git_commit, versions
 
     data = {"versions": versions(), "git_commit": git_commit()}
-    _emit(data, as_json, lambda: [click.echo(f"{k:<14} {v}") for k, v in {**data["versions"],
+    _emit(data, as_json, lambda: [_echo(f"{k:<14} {v}") for k, v in {**data["versions"],
                                                                          "git": data["git_commit"]}.items()])
 
 

@@ -119,10 +119,13 @@ def _type_name(tp: Any) -> str:
 
 
 def from_dict(cls: type, data: dict, source: str = "config") -> Any:
-    """Build dataclass `cls` from `data`, reporting every unknown key and wrong type at once."""
+    """Build dataclass `cls` from `data`, reporting every unknown key, missing key and wrong type at once."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields}
     problems = [f"{source}: unknown key {k!r}" for k in data if k not in names]
+    problems += [f"{source}: missing key {f.name!r}" for f in fields if f.name not in data
+                 and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     for k, v in data.items():
         if k in names and not _type_ok(v, hints[k]):
             problems.append(f"{source}: {k} expects {_type_name(hints[k])}, got {v!r}")
@@ -197,11 +200,31 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 # ---------------------------------------------------------------- RL runs (training.py)
 
+# GRPOConfig fields that layerscout derives from RLConfig or from the command's options; the `trl` block may not
+# set them (the value says what sets them instead).
+SET_BY_LAYERSCOUT = {
+    "loss_type": "RLConfig.loss_type (--algo)", "scale_rewards": "RLConfig.loss_type (dr_grpo turns it off)",
+    "learning_rate": "RLConfig.learning_rate", "beta": "RLConfig.beta", "max_grad_norm": "RLConfig.max_grad_norm",
+    "num_generations": "RLConfig.num_generations", "max_completion_length": "RLConfig.max_completion_length",
+    "per_device_train_batch_size": "RLConfig.prompts_per_step", "max_steps": "RLConfig.max_steps (--steps)",
+    "temperature": "RLConfig.temperature", "top_p": "RLConfig.top_p", "seed": "RLConfig.seed (--seed)",
+    "logging_steps": "RLConfig.logging_steps", "save_steps": "RLConfig.save_steps",
+    "save_strategy": "RLConfig.save_steps (0 = no checkpoints)", "save_total_limit": "RLConfig.save_total_limit",
+    "output_dir": "the --output option", "disable_tqdm": "the --quiet option",
+    "resume_from_checkpoint": "the --resume option", "use_cpu": "the --device option",
+}
+# RLConfig fields and `trl` keys that may change when a run is resumed: they change bookkeeping, not the run.
+RESUMABLE_FIELDS = ("max_steps", "logging_steps", "save_steps", "save_total_limit")
+RESUMABLE_TRL = ("report_to", "run_name", "project", "trackio_", "logging_", "log_", "num_completions_to_print",
+                 "push_to_hub", "hub_", "save_", "dataloader_")
+
+
 @dataclass
 class RLConfig:
     """One GRPO / Dr. GRPO run through TRL's GRPOTrainer (multi-turn tasks and GiGPO: multiturn.py). Names shared with TRL mean the same thing; defaults
     run 20 steps on the default organism in seconds on a 2-core CPU. `to_grpo_config` adds the CPU-safe
-    settings. The learning rate is tuned for the full-parameter run and reused unchanged per layer (paper)."""
+    settings, then any other GRPOConfig field from `trl`. The learning rate is tuned for the full-parameter run
+    and reused unchanged per layer (paper)."""
 
     loss_type: str = _f("grpo", "grpo | dr_grpo (Dr. GRPO also turns off the std division: scale_rewards=False) | "
                                 "gigpo (multi-turn tasks: episode + anchor-state step advantages)")
@@ -209,8 +232,9 @@ class RLConfig:
     beta: float = _f(0.0, "KL coefficient to the start-of-run model (0 = no reference model)")
     num_generations: int = _f(4, "completions per prompt (TRL's num_generations)")
     max_completion_length: int = _f(32, "max new tokens per completion (TRL's max_completion_length)")
-    prompts_per_step: int = _f(8, "prompts per optimizer step; TRL's per_device_train_batch_size = "
-                                  "prompts_per_step * num_generations completions")
+    prompts_per_step: int = _f(8, "prompts per optimizer step over all processes and accumulation steps; TRL's "
+                                  "per_device_train_batch_size = prompts_per_step * num_generations / "
+                                  "(processes * gradient_accumulation_steps)")
     max_steps: int = _f(20, "optimizer steps")
     train_prompts: int = _f(1024, "prompts drawn from the task's train split, cycled in seeded order; fixed "
                                   "independently of max_steps so a resumed, longer run sees the same data")
@@ -229,8 +253,9 @@ class RLConfig:
     train_head: bool = _f(False, "also train the LM head (the paper keeps it frozen)")
     gamma: float = _f(0.95, "GiGPO: discount of the step returns that anchor-state groups compare")
     step_advantage_w: float = _f(1.0, "GiGPO: weight omega of the step advantage in A = A^E + omega * A^S")
-    use_vllm: bool = _f(False, "generate with vLLM (needs `pip install vllm` and a GPU)")
-    vllm_mode: str = _f("colocate", "colocate | server (TRL's vllm_mode)")
+    trl: dict[str, Any] = _f({}, "any other trl.GRPOConfig field, passed through as is (e.g. report_to, "
+                                 "gradient_accumulation_steps, gradient_checkpointing, use_vllm, epsilon, "
+                                 "num_iterations); -o trl.report_to=tensorboard")
 
     def __post_init__(self) -> None:
         if self.loss_type not in RL_LOSS_TYPES:
@@ -253,36 +278,75 @@ class RLConfig:
             raise LayerscoutError(f"need temperature > 0 and 0 < top_p <= 1; got {self.temperature}, {self.top_p}")
         if self.save_steps < 0 or self.max_grad_norm < 0:
             raise LayerscoutError("save_steps and max_grad_norm must be >= 0")
-        if self.vllm_mode not in ("colocate", "server"):
-            raise LayerscoutError(f"vllm_mode must be colocate or server; got {self.vllm_mode!r}")
+        if self.trl:
+            check_trl_fields(self.trl)
 
     @property
     def scale_rewards(self) -> bool:
         """GRPO divides advantages by the group std; Dr. GRPO does not (TRL needs both settings)."""
         return self.loss_type != "dr_grpo"
 
-    def to_grpo_config(self, output_dir: str | Path, progress: bool = True) -> Any:
-        """The equivalent `trl.GRPOConfig`, with CPU-safe settings (use_cpu, no bf16) when CUDA is absent."""
+    def identity(self) -> dict:
+        """The fields that must match for a checkpoint of this run to be resumed (not RESUMABLE_* ones)."""
+        data = {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_FIELDS}
+        data["trl"] = {k: v for k, v in self.trl.items() if not k.startswith(RESUMABLE_TRL)}
+        return data
+
+    def to_grpo_config(self, output_dir: str | Path, progress: bool = True, use_cpu: bool | None = None,
+                       processes: int = 1) -> Any:
+        """The equivalent `trl.GRPOConfig`: layerscout's settings (CPU-safe when the model is on CPU: use_cpu, no
+        bf16), then every `trl` field on top. `processes`: data-parallel world size (accelerate launch)."""
         import importlib.util
 
         import torch
         from trl import GRPOConfig
 
-        cuda = torch.cuda.is_available()
-        if self.use_vllm and importlib.util.find_spec("vllm") is None:
-            raise LayerscoutError("use_vllm needs vLLM: pip install vllm (and a CUDA GPU)")
-        return GRPOConfig(
+        if use_cpu is None:
+            use_cpu = not torch.cuda.is_available()
+        accumulation = self.trl.get("gradient_accumulation_steps", 1)
+        completions = self.prompts_per_step * self.num_generations
+        if not isinstance(accumulation, int) or accumulation < 1 or completions % (accumulation * processes):
+            raise LayerscoutError(
+                f"prompts_per_step * num_generations = {completions} completions per step must split evenly over "
+                f"{processes} process(es) x {accumulation} accumulation step(s)")
+        if self.trl.get("use_vllm") and importlib.util.find_spec("vllm") is None:
+            raise LayerscoutError("trl.use_vllm needs vLLM: pip install vllm (and a CUDA GPU)")
+        args = dict(
             output_dir=str(output_dir),
             loss_type=self.loss_type, scale_rewards=self.scale_rewards, beta=self.beta,
             learning_rate=self.learning_rate, lr_scheduler_type="constant", warmup_steps=0,
             max_grad_norm=self.max_grad_norm,
             num_generations=self.num_generations, max_completion_length=self.max_completion_length,
-            per_device_train_batch_size=self.prompts_per_step * self.num_generations,
-            gradient_accumulation_steps=1, max_steps=self.max_steps,
+            per_device_train_batch_size=completions // (accumulation * processes),
+            max_steps=self.max_steps,
             temperature=self.temperature, top_p=self.top_p, seed=self.seed,
             logging_steps=self.logging_steps, report_to="none", disable_tqdm=not progress,
             save_strategy="steps" if self.save_steps else "no", save_steps=self.save_steps or 500,
             save_total_limit=self.save_total_limit,
-            use_cpu=not cuda, bf16=False if not cuda else None, activation_checkpointing=False,
-            use_vllm=self.use_vllm, vllm_mode=self.vllm_mode,
+            use_cpu=use_cpu, bf16=False if use_cpu else None, activation_checkpointing=False,
         )
+        if "gradient_checkpointing" in self.trl:  # transformers' old name for it, which the new name would override
+            del args["activation_checkpointing"]
+        try:
+            return GRPOConfig(**{**args, **self.trl})
+        except (ValueError, TypeError) as e:  # TrainingArguments / GRPOConfig reject bad values this way
+            raise LayerscoutError(f"trl: {str(e).strip().splitlines()[0]}") from None
+
+
+def check_trl_fields(fields: dict) -> None:
+    """Every key must be a GRPOConfig field that layerscout does not set itself; all problems at once."""
+    import difflib
+
+    from trl import GRPOConfig
+
+    known = [f.name for f in dataclasses.fields(GRPOConfig)]
+    problems = []
+    for key in fields:
+        if key in SET_BY_LAYERSCOUT:
+            problems.append(f"trl.{key} is set by layerscout: use {SET_BY_LAYERSCOUT[key]}")
+        elif key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            problems.append(f"trl.{key} is not a trl.GRPOConfig field{hint}")
+    if problems:
+        raise LayerscoutError("; ".join(problems))

@@ -1,7 +1,8 @@
 """Layer deltas: the trained blocks' tensors of a single-layer RL run, by real parameter name, in one
 safetensors file whose metadata says which base they apply to. `apply_delta(base, path)` rebuilds the trained
-model bit-for-bit, so a run ships a few MB instead of the whole model. The base check is a SHA-256 over the
-base's values of exactly the stored tensors (cost: one pass over those tensors), plus depth and architecture.
+model bit-for-bit, so a run ships a few MB instead of the whole model. NaN or inf is refused on write and on
+apply. The base check is a SHA-256 over the base's values of exactly the stored tensors (cost: one pass over
+those tensors), plus depth and architecture.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def save_delta(model, params: Iterable[int] | Iterable[str], path: str | Path, *
         raise LayerscoutError("nothing to save: the delta would hold no tensors")
     own = dict(model.named_parameters())
     tensors = {n: own[n].detach().to("cpu").contiguous() for n in names}
+    check_finite(tensors, f"the delta for {path}")
     meta = {"format": FORMAT, "num_layers": num_layers(model),
             "architecture": (getattr(model.config, "architectures", None) or [type(model).__name__])[0],
             **(metadata or {})}
@@ -73,6 +75,16 @@ def save_delta(model, params: Iterable[int] | Iterable[str], path: str | Path, *
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     return path
+
+
+def check_finite(tensors: dict[str, Any], what: str) -> None:
+    """A trained tensor holding NaN or inf is a diverged run, never something to save or apply."""
+    import torch
+
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise LayerscoutError(f"{what} holds non-finite values (NaN or inf) in {bad[0]}"
+                              + (f" and {len(bad) - 1} more tensors" if len(bad) > 1 else ""))
 
 
 def read_delta(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -103,14 +115,16 @@ def read_delta(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def apply_delta(base_model, delta_path: str | Path, *, check_base: bool = True):
     """Copy a delta's tensors into `base_model` in place and return it.
 
-    Raises LayerscoutError when the base's depth, architecture, parameter names or shapes differ, or (with
-    `check_base`) when the base's values of those tensors are not the ones the run started from.
+    Raises LayerscoutError when the delta holds NaN or inf, when the base's depth, architecture, parameter names
+    or shapes differ, or (with `check_base`) when the base's values of those tensors are not the ones the run
+    started from.
     """
     import torch
 
     from .models import num_layers
 
     tensors, meta = read_delta(delta_path)
+    check_finite(tensors, f"delta {delta_path}")
     depth, arch = num_layers(base_model), (getattr(base_model.config, "architectures", None) or [None])[0]
     if meta.get("num_layers") != depth:
         raise LayerscoutError(f"delta {delta_path} was trained on a {meta.get('num_layers')}-layer model "

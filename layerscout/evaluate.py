@@ -51,7 +51,8 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
                                           do_sample=not greedy, batch_size=batch_size)
                 columns = {c: [v for v in data[c] for _ in range(num_samples)] for c in data.column_names
                            if c != "prompt"}
-                rewards = task.reward(texts, **columns)
+                rewards = task.reward(prompts=[p for p in data["prompt"] for _ in range(num_samples)],
+                                      completions=texts, **columns)  # TRL's reward-function signature
     finally:
         model.train(was_training)
     per_prompt = [sum(rewards[i:i + num_samples]) / num_samples for i in range(0, len(rewards), num_samples)]

@@ -41,8 +41,8 @@ def check_supported(task, config: RLConfig) -> None:
         return
     if config.beta > 0:
         raise LayerscoutError(f"the multi-turn trainer has no KL term: set beta=0 (got {config.beta})")
-    if config.use_vllm:
-        raise LayerscoutError("the multi-turn trainer generates with transformers: set use_vllm=false")
+    if config.trl.get("use_vllm"):
+        raise LayerscoutError("the multi-turn trainer generates with transformers: drop trl.use_vllm")
 
 
 class MultiTurnTrainer:

@@ -18,7 +18,7 @@ from .config import ProbeConfig
 from .errors import LayerscoutError
 from .models import decoder_layers, model_name
 from .ranking import LayerRanking, build_ranking
-from .records import provenance
+from .records import model_fingerprint, provenance
 from .rollouts import Rollouts, collect_rollouts, sequence_weights, surrogate_objective, token_logps
 from .signals import get_signal
 
@@ -239,7 +239,8 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
                   "mean_reward": float(rollouts.rewards.mean()),
                   "informative_groups": len(informative_groups(rollouts)),
                   "probe_groups": state.probe_groups, "heldout_groups": state.heldout_groups},
-        config={**vars(config), "task_version": task.version}, provenance=provenance())
+        config={**vars(config), "task_version": task.version}, provenance=provenance(),
+        model_fingerprint=model_fingerprint(model))
 
 
 def _ticks(model, rollouts: Rollouts, config: ProbeConfig) -> int:
@@ -290,5 +291,5 @@ def rank_layers(model: str | None = None, task: str = "math", *, overrides: list
     model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
     ranking = run_probe(model_obj, tokenizer, task_obj, recipe.probe, progress=progress)
     ranking.config["recipe_version"] = recipe.version
-    ranking.config["recipe"] = str(recipe.path)
+    ranking.config["recipe"] = recipe.name
     return ranking

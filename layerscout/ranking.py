@@ -41,7 +41,8 @@ class LayerScore:
 
 @dataclass
 class LayerRanking:
-    """What `layerscout rank` prints and writes: one entry per decoder block, best first in `top(k)`."""
+    """What `layerscout rank` prints and writes: one entry per decoder block, best first in `top(k)`.
+    `model_fingerprint` (records.model_fingerprint) binds it to the model it was made on."""
 
     model: str
     task: str
@@ -52,6 +53,7 @@ class LayerRanking:
     rollouts: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    model_fingerprint: dict | None = None
 
     @property
     def top_layer(self) -> int:
@@ -69,14 +71,32 @@ class LayerRanking:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LayerRanking":
+    def from_dict(cls, d: dict, source: str = "ranking") -> "LayerRanking":
+        """Every missing field and wrong type is reported at once, as one line; ranks must be 1..L, indices
+        0..L-1."""
+        from .config import from_dict
+
+        if not isinstance(d, dict) or not isinstance(d.get("layers"), list) or not d["layers"]:
+            raise LayerscoutError(f"{source}: not a layerscout ranking (no list of layers)")
+        derived = {"n_layers", "top_layer"}
+        problems, layers, top = [], [], None
         try:
-            layers = [LayerScore(**x) for x in d["layers"]]
-            return cls(model=d["model"], task=d["task"], algo=d["algo"], seed=d["seed"], layers=layers,
-                       cost=d.get("cost", {}), rollouts=d.get("rollouts", {}), config=d.get("config", {}),
-                       provenance=d.get("provenance", {}))
-        except (KeyError, TypeError) as e:
-            raise LayerscoutError(f"not a layerscout ranking: {e}") from None
+            top = from_dict(cls, {k: v for k, v in d.items() if k != "layers" and k not in derived} | {"layers": []},
+                            source=source)
+        except LayerscoutError as e:
+            problems.append(str(e))
+        for i, x in enumerate(d["layers"]):
+            try:
+                layers.append(from_dict(LayerScore, x if isinstance(x, dict) else {}, source=f"{source}: layers[{i}]"))
+            except LayerscoutError as e:
+                problems.append(str(e))
+        if problems:
+            raise LayerscoutError("; ".join(problems))
+        n = len(layers)
+        if sorted(s.index for s in layers) != list(range(n)) or sorted(s.rank for s in layers) != list(range(1, n + 1)):
+            raise LayerscoutError(f"{source}: layer indices must be 0..{n - 1} and ranks 1..{n}, each once")
+        top.layers = layers
+        return top
 
     @classmethod
     def load(cls, path) -> "LayerRanking":
@@ -84,10 +104,10 @@ class LayerRanking:
         from pathlib import Path
 
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
         except FileNotFoundError:
             raise LayerscoutError(f"no such ranking file: {path}") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LayerscoutError(f"{path}: not valid JSON ({e})") from None
 
 

@@ -186,7 +186,8 @@ def collect_rollouts(model, tokenizer, task, dataset, *, num_generations: int, m
                                        top_p=top_p, batch_size=batch_size, progress=progress)
     columns = {c: [v for v in dataset[c] for _ in range(num_generations)] for c in dataset.column_names
                if c != "prompt"}
-    rewards = torch.tensor(task.reward(texts, **columns), dtype=torch.float32)
+    rewards = torch.tensor(task.reward(prompts=[p for p in dataset["prompt"] for _ in range(num_generations)],
+                                       completions=texts, **columns), dtype=torch.float32)
     if rewards.numel() != len(texts):
         raise LayerscoutError(f"the reward function returned {rewards.numel()} rewards for {len(texts)} completions")
     advantages = group_advantages(rewards, num_generations, loss_type)

@@ -186,7 +186,8 @@ def test_gigpo_run_record(gigpo_run):
 
 def test_gigpo_resume_matches_an_uninterrupted_run(tok, dense, gigpo_run, tmp_path):
     model, _, _ = gigpo_run
-    train(tok, tmp_path, dense, max_steps=1)  # "killed" after step 1
+    train(tok, tmp_path, dense, max_steps=1)
+    (tmp_path / "train_report.json").unlink()  # as if killed after checkpoint-1 (a finished run is not extended)
     resumed, record = train(tok, tmp_path, dense, resume=True)
     assert record["resumed_from"].endswith("checkpoint-1") and record["steps"] == 2
     assert [p["step"] for p in record["reward_curve"]] == [1, 2]

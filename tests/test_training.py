@@ -4,6 +4,7 @@ configs and exports validate. Run: pytest tests/test_training.py   (about 30 s o
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +42,7 @@ def fresh(tok, layers=3, seed=0):
 
 
 def train(tok, out, layers=(LAYER,), model=None, resume=False, **cfg):
+    """`layers`, `model`, `resume` as in train_layers; `cfg` overrides TINY's RLConfig fields."""
     model = model or fresh(tok)
     record = train_layers((model, tok), DigitTask(), None if layers is None else list(layers),
                           RLConfig(**{**TINY, **cfg}), out, resume=resume, progress=False)
@@ -102,6 +104,26 @@ def test_apply_delta_rejects_another_base(tok, run):
         apply_delta(fresh(tok), out / "missing.safetensors")
 
 
+def test_a_delta_with_nan_is_refused_on_write_and_on_apply(tok, run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    _, _, out = run
+    tensors, _ = read_delta(out / "layer_delta.safetensors")
+    with safe_open(str(out / "layer_delta.safetensors"), "pt") as f:
+        meta = f.metadata()
+    tensors["model.layers.1.mlp.down_proj.weight"][3, 3] = float("nan")
+    save_file(tensors, str(tmp_path / "nan.safetensors"), metadata=meta)  # a delta corrupted after it was written
+    with pytest.raises(LayerscoutError, match=r"nan\.safetensors holds non-finite values .* model\.layers\.1\.mlp"):
+        apply_delta(fresh(tok), tmp_path / "nan.safetensors")
+    model = fresh(tok)
+    with torch.no_grad():
+        model.model.layers[2].self_attn.q_proj.weight[0, 0] = float("inf")
+    with pytest.raises(LayerscoutError, match=r"non-finite values \(NaN or inf\) in model\.layers\.2\.self_attn"):
+        save_delta(model, [2], tmp_path / "inf.safetensors")
+    assert not (tmp_path / "inf.safetensors").exists()
+
+
 def test_save_delta_by_layer_index(tok, tmp_path):
     model = fresh(tok)
     path = save_delta(model, [2], tmp_path / "d.safetensors", metadata={"algo": "grpo"})
@@ -112,18 +134,136 @@ def test_save_delta_by_layer_index(tok, tmp_path):
         save_delta(model, [3], tmp_path / "e.safetensors")
 
 
-def test_resume_matches_an_uninterrupted_run(tok, run, tmp_path):
+def killed_copy(run_dir, dest, damage=None):
+    """`run_dir` as a kill after checkpoint-2's save began would leave it: no final outputs; `damage` tears
+    checkpoint-2 the way a kill mid-save does."""
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    for name in ("train_report.json", "layer_delta.safetensors", "model.safetensors", "README.md"):
+        (dest / name).unlink()
+    if damage:
+        damage(dest / "checkpoint-2")
+    return dest
+
+
+def truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+TORN = {  # what a kill during TRL's checkpoint save can leave (it writes weights, optimizer, scheduler, RNG, state)
+    "weights cut short": lambda c: truncate(c / "model.safetensors"),
+    "optimizer cut short": lambda c: truncate(c / "optimizer.pt"),
+    "no scheduler yet": lambda c: [(c / n).unlink() for n in ("scheduler.pt", "rng_state.pth", "trainer_state.json")],
+    "no rng state yet": lambda c: [(c / n).unlink() for n in ("rng_state.pth", "trainer_state.json")],
+    "no trainer state yet": lambda c: (c / "trainer_state.json").unlink(),
+    "trainer state cut short": lambda c: truncate(c / "trainer_state.json"),
+}
+
+
+@pytest.mark.parametrize("damage", list(TORN), ids=list(TORN))
+def test_a_torn_newest_checkpoint_is_skipped(run, tmp_path, damage):
+    from layerscout.training import checkpoint_problem, last_complete_checkpoint
+
+    out = killed_copy(run[2], tmp_path / "run", TORN[damage])
+    assert checkpoint_problem(out / "checkpoint-2") is not None
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-1")
+
+
+def test_a_checkpoint_with_nan_weights_is_skipped(run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from layerscout.training import checkpoint_problem, last_complete_checkpoint
+
+    out = killed_copy(run[2], tmp_path / "run")
+    weights = out / "checkpoint-2" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert "non-finite values in model.layers.1.mlp.up_proj.weight" in checkpoint_problem(out / "checkpoint-2")
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-1")
+
+
+def test_resume_past_a_torn_checkpoint_matches_an_uninterrupted_run(tok, run, tmp_path):
     model, _, _ = run
-    train(tok, tmp_path, max_steps=1)  # "killed" after step 1, checkpoint-1 on disk
-    resumed, record = train(tok, tmp_path, resume=True)  # max_steps=2
+    out = killed_copy(run[2], tmp_path / "run", TORN["weights cut short"])
+    resumed, record = train(tok, out, resume=True)
     assert record["resumed_from"].endswith("checkpoint-1") and record["steps"] == 2
     assert [p["step"] for p in record["reward_curve"]] == [1, 2]
     assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+def tree(path):
+    return {str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+def test_resuming_a_finished_run_reports_it_and_touches_nothing(tok, run):
+    _, record, out = run
+    before = tree(out)
+    _, again = train(tok, out, resume=True)
+    assert again["finished_before"] and again["final_score"] == record["final_score"]
+    assert tree(out) == before
+    with pytest.raises(LayerscoutError, match="finished at 2 steps; it is left as is"):
+        train(tok, out, resume=True, max_steps=3)
+    assert tree(out) == before
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(layers=(2,)), "layers"), (dict(seed=1), "seed"), (dict(learning_rate=3e-4), "learning_rate"),
+    (dict(loss_type="dr_grpo"), "loss_type"), (dict(trl={"epsilon": 0.3}), "trl"),
+    (dict(model_seed=1), "model"),
+])
+def test_resume_refuses_other_settings(tok, run, tmp_path, change, named):
+    out = killed_copy(run[2], tmp_path / "run")
+    before = tree(out)
+    change = dict(change)
+    model = fresh(tok, seed=change.pop("model_seed", 0))
+    with pytest.raises(LayerscoutError, match=rf"holds a run with other settings: {named}\b"):
+        train(tok, out, model=model, resume=True, **change)
+    assert tree(out) == before
+
+
 def test_existing_run_needs_resume(tok, run):
     with pytest.raises(LayerscoutError, match="already holds a run"):
         train(tok, run[2])
+
+
+def test_model_card_names_the_base_model_and_the_trained_blocks(run):
+    card = (run[2] / "README.md").read_text()
+    assert "fine-tuned version of None" not in card
+    assert "decoder block 1 only" in card and "GRPO" in card and "Qwen3ForCausalLM" in card
+    assert "layer_delta.safetensors" in card
+
+
+def test_a_diverging_update_stops_before_it_is_checkpointed(tok, tmp_path):
+    with pytest.raises(LayerscoutError, match=r"step 1 left non-finite values in model\.layers\.1\."):
+        train(tok, tmp_path, learning_rate=1e38, max_steps=2)
+    assert not list(tmp_path.glob("checkpoint-*")) and not (tmp_path / "train_report.json").exists()
+
+
+def test_results_that_cannot_be_written_go_to_a_rescue_dir(tok, tmp_path):
+    """The run dir turns into a file just before the outputs are written: a real OSError."""
+    import shutil
+
+    from transformers import TrainerCallback
+
+    out = tmp_path / "run"
+
+    class Sabotage(TrainerCallback):
+        def on_train_end(self, args, state, control, **kw):
+            shutil.rmtree(out)
+            out.write_text("not a dir any more")
+
+    with pytest.raises(LayerscoutError, match="could not write the results to") as err:
+        train_layers((fresh(tok), tok), DigitTask(), [LAYER], RLConfig(**{**TINY, "save_steps": 0}), out,
+                     progress=False, callbacks=[Sabotage()])
+    rescue = Path(str(err.value).rsplit("saved to ", 1)[1])
+    report = json.loads((rescue / "train_report.json").read_text())
+    assert report["steps"] == 2 and report["output_dir"] == str(rescue)
+    assert set(read_delta(rescue / "layer_delta.safetensors")[0]) == {
+        n for n, _ in fresh(tok).named_parameters() if n.startswith("model.layers.1.")}
 
 
 def test_dr_grpo_with_kl_on_an_in_memory_model(tok, tmp_path):
@@ -181,7 +321,40 @@ def test_grpo_config_is_cpu_safe():
         assert args.use_cpu and not args.bf16
     assert not args.activation_checkpointing and not args.gradient_checkpointing
     assert args.lr_scheduler_type == "constant" and args.report_to in ([], "none", ["none"])
+    assert args.use_cpu == (not torch.cuda.is_available())
     assert args.per_device_train_batch_size == 12 and args.beta == 0.0
+
+
+def test_trl_block_passes_any_grpo_config_field_through():
+    cfg = from_dict(RLConfig, {"prompts_per_step": 4, "num_generations": 4, "trl": {
+        "gradient_accumulation_steps": 2, "gradient_checkpointing": True, "epsilon": 0.3, "num_iterations": 2,
+        "report_to": ["tensorboard"], "use_vllm": False, "weight_decay": 0.01}})
+    args = cfg.to_grpo_config("o")
+    assert args.gradient_accumulation_steps == 2 and args.per_device_train_batch_size == 8  # 4 x 4 / 2
+    assert args.gradient_checkpointing and args.epsilon == 0.3 and args.num_iterations == 2
+    assert args.report_to == ["tensorboard"] and args.weight_decay == 0.01
+    assert RLConfig(prompts_per_step=4).to_grpo_config("o", processes=2).per_device_train_batch_size == 8
+
+
+def test_trl_block_errors_name_the_field():
+    with pytest.raises(LayerscoutError, match=r"trl\.gradient_acumulation_steps is not a trl\.GRPOConfig field; "
+                                              r"did you mean gradient_accumulation_steps"):
+        RLConfig(trl={"gradient_acumulation_steps": 2})
+    with pytest.raises(LayerscoutError, match=r"trl\.learning_rate is set by layerscout: use RLConfig\.learning_rate; "
+                                              r"trl\.per_device_train_batch_size is set by layerscout: use "
+                                              r"RLConfig\.prompts_per_step"):
+        RLConfig(trl={"learning_rate": 1e-3, "per_device_train_batch_size": 4})
+    with pytest.raises(LayerscoutError, match="must split evenly over 1 process"):
+        RLConfig(prompts_per_step=3, num_generations=3, trl={"gradient_accumulation_steps": 2}).to_grpo_config("o")
+    with pytest.raises(LayerscoutError, match="^trl: "):
+        RLConfig(trl={"lr_scheduler_type": "sideways"}).to_grpo_config("o")
+
+
+def test_report_to_tensorboard_writes_event_files(tok, tmp_path):
+    pytest.importorskip("tensorboardX", reason="the test extra: pip install -e '.[test]'")
+    _, record = train(tok, tmp_path, max_steps=1, save_steps=0, trl={"report_to": ["tensorboard"]})
+    events = list((tmp_path / "runs").rglob("events.out.tfevents.*"))  # transformers' default logging dir
+    assert events and events[0].stat().st_size > 0 and record["config"]["trl"]["report_to"] == ["tensorboard"]
 
 
 def test_config_errors():
