@@ -145,7 +145,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise LayerscoutError(f"override {text!r}: {e}") from None
-    if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+    if isinstance(value, str) and raw.strip()[:1] not in ("'", '"'):  # YAML 1.1 reads 3e-5 (no dot) as a string
         try:
             value = float(value)
         except ValueError:

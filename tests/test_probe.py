@@ -147,3 +147,11 @@ def test_probe_config_checks():
         ProbeConfig(num_generations=1)
     with pytest.raises(LayerscoutError, match="loss_type"):
         ProbeConfig(loss_type="ppo")
+
+
+def test_overrides_parse_numbers_but_keep_quoted_strings():
+    from layerscout.config import parse_override
+
+    assert parse_override("rl.learning_rate=3e-5") == ("rl.learning_rate", 3e-5)   # YAML 1.1 reads it as a string
+    assert parse_override("layers='0'") == ("layers", "0")                         # quoted: stays a string
+    assert parse_override('layers="::3"') == ("layers", "::3") and parse_override("n=32") == ("n", 32)
