@@ -233,6 +233,7 @@ def _writable_dir(path: str) -> str:
 
 \b
   layerscout train --task math --auto-layer --top-k 2 --steps 20 --output runs/auto
+  layerscout train --task math --auto-layer --verify 3 --steps 40 --output runs/verified
   layerscout train Qwen/Qwen3-4B --task math --auto-layer --ranking ranking.json --output runs/q4
   layerscout train --task math --layers 3,4 --output runs/l34
   layerscout train --task math --full --algo dr_grpo --output runs/full --resume
@@ -247,6 +248,12 @@ def _writable_dir(path: str) -> str:
 @click.option("--ranking", "ranking_file", type=click.Path(dir_okay=False), help="with --auto-layer: ranking JSON")
 @click.option("--force", is_flag=True, help="with --ranking: use a ranking made on another model (recorded in the "
                                             "run's report as ranking_override)")
+@click.option("--verify", type=int, metavar="K",
+              help="with --auto-layer: first a short run on each of the ranking's top K blocks alone, then train the "
+                   "one with the best held-out gain (the ranking's top unless another beats it by > 2 paired SE; "
+                   "with --top-k N, the pick plus the ranking's next N-1). K=1 verifies nothing: it only adds a "
+                   "short run of the top block")
+@click.option("--verify-steps", type=int, help="with --verify: steps of each short run (default: a quarter of --steps)")
 @click.option("--layers", help="explicit blocks: 12,13 | 0-4 | ::3")
 @click.option("--full", is_flag=True, help="full-parameter RL (the C(k) reference run)")
 @click.option("--steps", type=int, help="optimizer steps (RLConfig.max_steps)")
@@ -259,8 +266,8 @@ def _writable_dir(path: str) -> str:
 @click.option("--resume", is_flag=True, help="continue a killed run from its last complete checkpoint (the same "
                                              "settings only; a finished run is reported and left untouched)")
 @shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log")
-def train(model, auto_layer, top_k, ranking_file, force, layers, full, steps, config_file, overrides, report_to,
-          output, resume, **opts):
+def train(model, auto_layer, top_k, ranking_file, force, verify, verify_steps, layers, full, steps, config_file,
+          overrides, report_to, output, resume, **opts):
     """RL-train only the chosen decoder blocks (GRPO / Dr. GRPO via TRL; GiGPO on multi-turn tasks), scoring
     held-out before and after. Under `accelerate launch` it trains on every process (data parallel); only the
     main process writes."""
@@ -268,8 +275,10 @@ def train(model, auto_layer, top_k, ranking_file, force, layers, full, steps, co
     if len(chosen) != 1:
         raise LayerscoutError("choose exactly one of --auto-layer, --layers, --full"
                               + (f" (got {' and '.join(chosen)})" if chosen else ""))
-    if not auto_layer and (ranking_file or top_k != 1 or force):
-        raise LayerscoutError("--ranking, --top-k and --force only apply with --auto-layer")
+    if not auto_layer and (ranking_file or top_k != 1 or force or verify is not None):
+        raise LayerscoutError("--ranking, --top-k, --force and --verify only apply with --auto-layer")
+    if verify_steps is not None and verify is None:
+        raise LayerscoutError("--verify-steps only applies with --verify")
     if top_k < 1:
         raise LayerscoutError(f"--top-k must be >= 1; got {top_k}")
     seed, progress = opts["seed"], not opts["quiet"]
@@ -283,7 +292,7 @@ def train(model, auto_layer, top_k, ranking_file, force, layers, full, steps, co
 
         record = train_auto(model, recipe, top_k=top_k, ranking=ranking_file, force=force, config=cfg,
                             output_dir=output, resume=resume, seed=seed, device=opts["device"], dtype=opts["dtype"],
-                            progress=progress, overrides=task_overrides)
+                            progress=progress, overrides=task_overrides, verify=verify, verify_steps=verify_steps)
     else:
         from .config import ModelSpec
         from .models import load_model, num_layers, parse_layers
@@ -306,6 +315,13 @@ def _report_to_override(report_to: str | None, prefix: str = "") -> list[str]:
 
 def _print_run(record: dict, output: str) -> None:
     base, final = record.get("base_score"), record.get("final_score")
+    if "verify" in record:
+        v = record["verify"]
+        tried = ", ".join(f"{c['layer']} ({c['gain']:+.3f} ± {c['se']:.3f})" for c in v["candidates"])
+        cost = v["cost"]
+        ratio = f" = {cost['seconds_ratio']:.2f} x the main run" if cost["seconds_ratio"] is not None else ""
+        _echo(f"verify: blocks {tried} after {v['verify_steps']} steps each -> block {v['pick']}, "
+              f"{'as' if v['matched_prediction'] else 'not as'} predicted; {cost['verify_seconds']:.0f} s{ratio}")
     _echo(f"trained blocks {record.get('layers') or 'all'} for {record.get('steps')} steps "
                f"({record.get('algo')}): held-out {base:.3f} -> {final:.3f}; wrote {output}")
 

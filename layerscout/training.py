@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConfig | None = None,
                  output_dir: str | Path = "runs/train", resume: bool = False, progress: bool = True,
                  callbacks: list | None = None, base_eval_cache: str | Path | None = None,
-                 extra_record: dict | None = None) -> dict:
+                 extra_record: dict | None = None, save_model: bool = True) -> dict:
     """GRPO / Dr. GRPO on `task`, updating only decoder blocks `layers` (None = full-parameter run).
 
     `model`: a ModelSpec, hub id / path, None (default organism) or an in-memory (model, tokenizer) pair, which
@@ -41,7 +41,8 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
     `finished_before=True`) and left untouched. `callbacks` are extra TrainerCallbacks (per-step measurements).
     `base_eval_cache`: where the base model's held-out score is cached (default `output_dir/base_eval.json`);
     runs that share it score the base once. `extra_record` is merged into the record (e.g. how the blocks were
-    chosen). Returns the run record also written to `output_dir/train_report.json`. Example:
+    chosen). `save_model=False` keeps only the report and the layer delta, no loadable model (short runs whose
+    result is their score). Returns the run record also written to `output_dir/train_report.json`. Example:
     `train_layers(None, "math", [2], RLConfig(max_steps=10), "runs/l2")["final_score"]`.
     """
     from .multiturn import check_supported
@@ -70,7 +71,7 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
         record = {**_record(model, task, layers, config, base_id, trainable, base_state, base_eval, final_eval,
                             trainer, timer, checkpoint, out, start), **(extra_record or {})}
         if is_main_process():
-            _save_outputs(model, tokenizer, layers, base_state, record, out)
+            _save_outputs(model, tokenizer, layers, base_state, record, out, save_model)
     return record
 
 
@@ -462,18 +463,18 @@ def _record(model, task, layers, config, base_id, trainable, base_state, base_ev
     }
 
 
-def _save_outputs(model, tokenizer, layers, base_state, record, out: Path) -> None:
+def _save_outputs(model, tokenizer, layers, base_state, record, out: Path, save_model: bool = True) -> None:
     """A transformers-loadable model + tokenizer, the layer delta (single-layer runs), a model card and the report.
     If the dir cannot be written any more, the report and the delta (or, for a full run, the model) go to a
     rescue dir that the error names."""
     from .records import rescue_path
 
     try:
-        _write_outputs(model, tokenizer, layers, base_state, record, out, with_model=True)
+        _write_outputs(model, tokenizer, layers, base_state, record, out, with_model=save_model)
     except OSError as e:
         rescue = rescue_path(out.name)
         _write_outputs(model, tokenizer, layers, base_state, {**record, "output_dir": str(rescue)}, rescue,
-                       with_model=layers is None)
+                       with_model=save_model and layers is None)
         raise LayerscoutError(f"could not write the results to {out} ({e.strerror or e}); they were saved to "
                               f"{rescue}") from None
 
