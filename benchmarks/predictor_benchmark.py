@@ -1,0 +1,121 @@
+"""Does the predictor beat the free priors on models it never saw? One row per calibration sweep, every predictor
+judged on that sweep's true C while held out of every choice and fit (nested leave-one-model-out: the design is
+chosen and fitted on the other models only). Columns: Spearman (and its share of the sweep's noise ceiling),
+top-1 regret C(best) - C(picked), top-3 overlap; for the fitted predictor, each probe signal alone (its
+registered direction), the middle-of-stack prior, "shallower first", Spectrum's weight SNR and a random ranking.
+Last line: the cost of `rank` against one full-parameter RL run of the sweep's budget and against the whole
+sweep, from the sweep's own records and its ranking (wall seconds on the machine that made them), or measured
+side by side in this process with --measure-cost.
+
+Run: python benchmarks/predictor_benchmark.py calibration/runs/*          (each dir: contributions.json + ranking.json)
+     python benchmarks/predictor_benchmark.py calibration/runs/* --json results/predictor_benchmark.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+PRIORS = ("middle prior", "shallower first", "random")
+
+
+def judge(pred, c, ceiling):
+    """(Spearman, share of ceiling, top-1 regret, top-3 overlap) of one prediction against one sweep's C."""
+    from layerscout.metrics import spearman, top1_regret, topk_overlap
+
+    rho = spearman(pred, c)
+    k = min(3, len(c))
+    return {"spearman": rho, "of_ceiling": rho / ceiling if ceiling else float("nan"),
+            "regret": top1_regret(pred, c), "top3": topk_overlap(pred, c, k)}
+
+
+def random_row(c, ceiling, n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = [judge(rng.permutation(len(c)).astype(float), c, ceiling) for _ in range(n)]
+    return {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0]}
+
+
+def table(sweeps, pool):
+    from layerscout.predictor import nested_lomo
+    from layerscout.signals import SIGNALS
+    from layerscout.signals.baselines import depth_prior
+
+    held_out = nested_lomo(sweeps, pool)
+    rows = []
+    for s in sweeps:
+        ok, c = s.defined, s.contribution[s.defined]
+        k = np.arange(s.n_layers)[ok]
+        cells = {"fitted (held out)": judge(held_out[s.name]["prediction"][ok], c, s.noise_ceiling)}
+        for name in sorted(s.signals):
+            sign = 1.0 if name not in SIGNALS or SIGNALS[name].higher_is_better else -1.0
+            cells[name] = judge(sign * s.signals[name][ok], c, s.noise_ceiling)
+        cells["middle prior"] = judge(depth_prior(s.n_layers)[k], c, s.noise_ceiling)
+        cells["shallower first"] = judge(-k.astype(float), c, s.noise_ceiling)
+        cells["random"] = random_row(c, s.noise_ceiling)
+        rows.append({"sweep": s.name, "model": s.model, "noise_ceiling": s.noise_ceiling,
+                     "choice": held_out[s.name]["choice"], "cells": cells})
+    return rows
+
+
+def rank_cost(directory: Path) -> dict:
+    """rank's seconds (ranking.json) against the full run's and the whole sweep's (the records' wall_seconds)."""
+    ranking = json.loads((directory / "ranking.json").read_text())
+    records = [json.loads(p.read_text()) for p in sorted(directory.glob("runs/*/*.json"))]
+    full = [r["wall_seconds"] for r in records if r["layers"] is None]
+    rank_s = ranking.get("cost", {}).get("seconds")
+    if rank_s is None or not records:
+        return {"rank_seconds": rank_s, "full_run_seconds": None, "sweep_seconds": None, "vs_full_run": None,
+                "vs_sweep": None}
+    return {"rank_seconds": rank_s, "full_run_seconds": float(np.median(full)) if full else None,
+            "sweep_seconds": float(sum(r["wall_seconds"] for r in records)),
+            "vs_full_run": rank_s / float(np.median(full)) if full else None,
+            "vs_sweep": rank_s / sum(r["wall_seconds"] for r in records) if records else None}
+
+
+def fmt(cell) -> str:
+    rho, share = cell["spearman"], cell["of_ceiling"]
+    rho_s = "–" if not np.isfinite(rho) else f"{rho:+.2f}"
+    share_s = "" if not np.isfinite(share) else f" ({100 * share:.0f} %)"
+    return f"{rho_s}{share_s} / {cell['regret']:.2f} / {cell['top3']:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweeps", nargs="+", help="calibration sweep dirs (contributions.json + ranking.json)")
+    ap.add_argument("--max-signals", type=int, default=2)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+
+    from layerscout.predictor import NOT_FEATURES, candidates, load_sweep
+
+    sweeps = [load_sweep(d) for d in args.sweeps]
+    names = sorted(set.intersection(*(set(s.signals) for s in sweeps)) - set(NOT_FEATURES))
+    rows = table(sweeps, candidates(names, args.max_signals, forest=False))
+    columns = ["fitted (held out)", *names, *PRIORS[:2], *(["spectral_snr"] if "spectral_snr" in names else []),
+               "random"]
+    columns = list(dict.fromkeys(columns))
+    print("cell: Spearman (share of the noise ceiling) / top-1 regret / top-3 overlap; fitted: design chosen and "
+          "fitted without the sweep's model")
+    print("| sweep | ceiling | held-out design | " + " | ".join(columns) + " |")
+    print("|" + "---|" * (len(columns) + 3))
+    for r in rows:
+        ceiling = "–" if r["noise_ceiling"] is None else f"{r['noise_ceiling']:.2f}"
+        print(f"| {r['sweep']} | {ceiling} | {r['choice']} | " + " | ".join(fmt(r["cells"][c]) for c in columns)
+              + " |")
+    ahead = [r for r in rows if all(r["cells"]["fitted (held out)"]["spearman"] > r["cells"][p]["spearman"]
+                                    for p in PRIORS[:2])]
+    print(f"\nfitted ahead of both depth priors on {len(ahead)} of {len(rows)} held-out sweeps")
+    costs = {Path(d).name: rank_cost(Path(d)) for d in args.sweeps}
+    for name, c in costs.items():
+        if c["vs_full_run"] is not None:
+            print(f"cost of rank on {name}: {c['rank_seconds']:.0f} s = {100 * c['vs_full_run']:.1f} % of one full run "
+                  f"({c['full_run_seconds']:.0f} s), {100 * c['vs_sweep']:.2f} % of the sweep ({c['sweep_seconds']:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "costs": costs}, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
