@@ -54,7 +54,7 @@ def resumed(tiny_model, tmp_path_factory):
                                    "min_gain_se": 0.0}))
     proc = subprocess.Popen([sys.executable, "-m", "layerscout.cli", "calibrate", "--config", str(cfg), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # generous: a loaded machine; the kill comes as soon as the record appears
     while not list(out.glob("runs/*/*.json")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
