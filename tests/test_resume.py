@@ -69,7 +69,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(organism_path,
     out = tmp_path / "run"
     proc = subprocess.Popen(layerscout("train", organism_path, *ARGS, "--output", out, "--quiet"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a deadline only: the kill comes when the state appears
     while not (out / "checkpoint-3" / "trainer_state.json").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -90,7 +90,7 @@ def test_sigkill_during_a_checkpoint_save_then_resume_skips_the_torn_checkpoint(
     out = tmp_path / "run"
     proc = subprocess.Popen(layerscout("train", organism_path, *ARGS, "--output", out, "--quiet"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
-    torn, deadline = None, time.time() + 120
+    torn, deadline = None, time.time() + 600  # a deadline only: the kill comes when the state appears
     while torn is None and proc.poll() is None and time.time() < deadline:
         last = newest(out)
         if last is not None and last.name != "checkpoint-1" and not (last / "trainer_state.json").exists():
@@ -154,7 +154,7 @@ def test_a_killed_calibrate_job_resumes_from_its_checkpoint(tmp_path):
     proc = subprocess.Popen(layerscout("calibrate", "--config", cfg, "--quiet"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
     scratch = out / "scratch" / "0" / "full"
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a deadline only: the kill comes when the state appears
     while not (scratch / "checkpoint-2" / "trainer_state.json").exists() and proc.poll() is None \
             and time.time() < deadline:
         time.sleep(0.01)
