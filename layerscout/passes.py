@@ -111,9 +111,10 @@ class PassContext:
         return sequence_weights(ro.advantages, ro.completion_mask, self.config.loss_type,
                                 self.config.max_completion_length)
 
-    def logps(self, ro, rows) -> torch.Tensor:
-        """Completion log-probs (B, T) of rows `rows` of `ro`, under the precision policy's autocast."""
-        with self.precision.autocast():
+    def logps(self, ro, rows, precision=None) -> torch.Tensor:
+        """Completion log-probs (B, T) of rows `rows` of `ro`, under the precision policy's autocast (or
+        `precision`'s)."""
+        with (precision or self.precision).autocast():
             return completion_logps(self.model, ro.input_ids[rows].to(self.device),
                                     ro.attention_mask[rows].to(self.device), ro.completion_mask[rows].to(self.device))
 

@@ -7,7 +7,7 @@ updates are applied to fp32 copies. Cost: none beyond the master copies the poli
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -57,3 +57,23 @@ def model_precision(model: torch.nn.Module, dtype: str = "auto") -> Precision:
     if dtype == "auto" and device_type == "cuda" and weights == "float32" and torch.cuda.is_bf16_supported():
         compute = "bfloat16"
     return Precision(weights=weights, compute=compute, master="float32", device_type=device_type)
+
+
+FP32 = Precision()
+
+
+@contextmanager
+def fp32_compute(model: torch.nn.Module):
+    """Parameters stored below fp32 are upcast for the duration (exactly restored after: bf16 -> fp32 -> bf16 is
+    lossless); use with `FP32`, whose autocast is off. For forwards that must resolve effects near bf16's
+    resolution, e.g. the lookahead's 1e-4 step. Memory: an fp32 copy of those parameters while active."""
+    low = [(p, p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != torch.float32]
+    with torch.no_grad():
+        for p, _ in low:
+            p.data = p.data.float()
+    try:
+        yield FP32
+    finally:
+        with torch.no_grad():
+            for p, dtype in low:
+                p.data = p.data.to(dtype)

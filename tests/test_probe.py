@@ -192,6 +192,7 @@ def test_overrides_parse_numbers_but_keep_quoted_strings():
 def test_lookahead_gain_is_the_heldout_gain_of_a_step_on_that_block_alone(organism, math_task):
     """Each block's gain against full forwards with only that block stepped (the replay must not carry block 0's
     step into later blocks, as the recorded outputs did before)."""
+    from layerscout.precision import FP32
     from layerscout.signals.updates import _heldout_objective, lookahead
 
     model, tok = organism
@@ -199,12 +200,12 @@ def test_lookahead_gain_is_the_heldout_gain_of_a_step_on_that_block_alone(organi
     sweep, ctx = _sweep(model, cfg, ro)
     with _probe_mode(model), fused_head(model, 1.0), torch.no_grad():
         got = lookahead(ctx, sweep)
-        before = sum(_heldout_objective(ctx, sl) for sl in ctx.batches(ctx.heldout))
+        before = sum(_heldout_objective(ctx, sl, FP32) for sl in ctx.batches(ctx.heldout))
         for k, block in enumerate(ctx.blocks):
             saved = [p.clone() for p in block.parameters()]
             for p in block.parameters():
                 p.add_(sweep.probe_sign[p].float(), alpha=cfg.lookahead_lr)
-            want = sum(_heldout_objective(ctx, sl) for sl in ctx.batches(ctx.heldout)) - before
+            want = sum(_heldout_objective(ctx, sl, FP32) for sl in ctx.batches(ctx.heldout)) - before
             for p, s in zip(block.parameters(), saved):
                 p.copy_(s)
             assert got[k] == pytest.approx(want, rel=1e-4, abs=1e-9), k
