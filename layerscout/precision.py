@@ -77,3 +77,41 @@ def fp32_compute(model: torch.nn.Module):
         with torch.no_grad():
             for p, dtype in low:
                 p.data = p.data.to(dtype)
+
+
+def upcast_trainable(model: torch.nn.Module, autocast: bool) -> None:
+    """fp32 master copies for RL training: parameters that require grad and are stored below fp32 are upcast in
+    place; frozen ones keep their dtype. A mixed-dtype model only runs under autocast, so without it, refuse."""
+    low = [p for p in model.parameters() if p.requires_grad and p.dtype != torch.float32]
+    if not low:
+        return
+    if not autocast:
+        from .errors import LayerscoutError
+
+        raise LayerscoutError(
+            f"the trained weights are {dtype_name(low[0].dtype)}, which cannot hold small RL updates, and fp32 "
+            f"master copies need autocast, which TRL runs only on CUDA (bf16=True): load the model in float32 "
+            f"(--dtype auto, the default)")
+    with torch.no_grad():
+        for p in low:
+            p.data = p.data.float()
+
+
+def training_precision(model: torch.nn.Module, bf16: bool, fp16: bool) -> dict[str, str]:
+    """The record of an RL run's policy, read off the model and TRL's mixed-precision flags, e.g.
+    {"weights": "bfloat16", "trained": "float32", "compute": "bfloat16 autocast", "master": "float32"}."""
+    frozen = sorted({dtype_name(p.dtype) for p in model.parameters() if not p.requires_grad})
+    trained = sorted({dtype_name(p.dtype) for p in model.parameters() if p.requires_grad})
+    weights = "/".join(frozen or trained)
+    compute = "bfloat16 autocast" if bf16 else "float16 autocast" if fp16 else weights
+    return {"weights": weights, "trained": "/".join(trained), "compute": compute, "master": "float32"}
+
+
+def autocast_for(model: torch.nn.Module):
+    """Autocast to the model's lowest float dtype when its parameters mix dtypes (fp32 trained blocks in a bf16
+    model, after upcast_trainable), so forwards outside the trainer (evaluation) run; else a no-op context."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) < 2:
+        return nullcontext()
+    low = min(dtypes, key=lambda d: torch.finfo(d).bits)
+    return torch.autocast(next(model.parameters()).device.type, dtype=low)
