@@ -141,6 +141,27 @@ def _load_tokenizer(source: str, **kw) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(source, **kw)
 
 
+def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer alone, no weights: of a local dir, a .gguf file, a hub id (local cache first) or (None) the
+    default organism. Raises OSError/ValueError where there is none."""
+    from transformers import AutoTokenizer
+
+    if name_or_path is None:
+        from .organisms import default_organism_path
+
+        name_or_path = str(default_organism_path())
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    elif path.is_dir():
+        tok = _load_tokenizer(str(path))
+    else:
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=not _hub_reachable())
+    if len(tok) < 2:  # transformers 5 builds an empty tokenizer for a dir that has a config.json but no vocab
+        raise LayerscoutError(f"{name_or_path!r} has no tokenizer files")
+    return tok
+
+
 def _load_hub(name: str, spec: ModelSpec, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The local HF cache first (works offline); the network only after one quick probe, because
     huggingface_hub retries a dead connection with backoff for ≈ 25 s per file."""

@@ -156,10 +156,10 @@ def run_passes(ctx: PassContext, names: Sequence[str], meter) -> dict[str, Any]:
 
 
 @contextmanager
-def checkpointed(blocks, enabled: bool = True):
+def checkpointed(blocks, enabled: bool = True, reentrant: bool = True):
     """Gradient checkpointing of every block for the probe's backwards (transformers' own checkpointing only runs in
-    train mode; the probe runs in eval mode). Reentrant, so the first forward keeps nothing and the hooks of
-    persample.BlockGradients see only the recompute."""
+    train mode; the probe runs in eval mode). Reentrant for persample.BlockGradients: its first forward runs without
+    grad, so the hooks keep nothing until the recompute. Non-reentrant where torch.autograd.grad is used (captum)."""
     if not enabled:
         yield
         return
@@ -170,6 +170,8 @@ def checkpointed(blocks, enabled: bool = True):
         def forward(hidden_states, *args, _forward=block.forward, **kwargs):
             if not torch.is_grad_enabled() or not hidden_states.requires_grad:
                 return _forward(hidden_states, *args, **kwargs)
+            if not reentrant:
+                return checkpoint(_forward, hidden_states, *args, use_reentrant=False, **kwargs)
             return checkpoint(lambda h: _forward(h, *args, **kwargs), hidden_states, use_reentrant=True)
         block.forward = forward
     try:

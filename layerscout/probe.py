@@ -17,8 +17,8 @@ from .config import ProbeConfig
 from .errors import LayerscoutError
 from .logprobs import fused_head
 from .memory import MemoryMeter
-from .models import decoder_layers, model_name
-from .passes import PassContext, checkpointed, plan_passes, run_passes
+from .models import model_name
+from .passes import PassContext, plan_passes, run_passes
 from .precision import Precision, model_precision
 from .ranking import LayerRanking, build_ranking
 from .records import model_fingerprint, provenance
@@ -49,8 +49,7 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
         rollouts = _rollouts(model, tokenizer, task, config, precision, progress)
     check_signal(rollouts, config)
 
-    with _probe_mode(model), fused_head(model, config.temperature), \
-            checkpointed(decoder_layers(model), config.gradient_checkpointing):
+    with _probe_mode(model), fused_head(model, config.temperature):
         ctx = PassContext(model, rollouts, config, precision,
                           *split_groups(rollouts, config.lookahead_fraction, config.seed), progress=progress)
         ctx.cost.forward(ctx.cost.rollout_tokens)  # the forward that recorded old_logps

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..logprobs import completion_logps
-from ..passes import register_pass
+from ..passes import checkpointed, register_pass
 from ..persample import input_requires_grad
 from . import register_signal
 
@@ -30,14 +30,15 @@ def attribution_pass(ctx) -> np.ndarray:
     mass = torch.zeros(ctx.n_layers, dtype=torch.float64, device=ctx.device)
     hook = ctx.blocks[0].register_forward_pre_hook(input_requires_grad, with_kwargs=True)
     try:
-        for sl in ctx.bar(list(ctx.batches(ro)), "attribution"):
-            args = (ro.attention_mask[sl].to(ctx.device), ro.completion_mask[sl].to(ctx.device),
-                    (ctx.weights[sl] * ro.input_ids.shape[0]).to(ctx.device, torch.float32))
-            attrs = lgxa.attribute(ro.input_ids[sl].to(ctx.device), additional_forward_args=args)
-            for k, a in enumerate(attrs):
-                a = a[0] if isinstance(a, (tuple, list)) else a
-                mass[k] += a.detach().double().abs().sum()
-            ctx.cost.backward(1, int(ro.attention_mask[sl].sum()))
+        with checkpointed(ctx.blocks, ctx.config.gradient_checkpointing, reentrant=False):
+            for sl in ctx.bar(list(ctx.batches(ro)), "attribution"):
+                args = (ro.attention_mask[sl].to(ctx.device), ro.completion_mask[sl].to(ctx.device),
+                        (ctx.weights[sl] * ro.input_ids.shape[0]).to(ctx.device, torch.float32))
+                attrs = lgxa.attribute(ro.input_ids[sl].to(ctx.device), additional_forward_args=args)
+                for k, a in enumerate(attrs):
+                    a = a[0] if isinstance(a, (tuple, list)) else a
+                    mass[k] += a.detach().double().abs().sum()
+                ctx.cost.backward(1, int(ro.attention_mask[sl].sum()))
     finally:
         hook.remove()
     return mass.cpu().numpy() / ro.input_ids.shape[0]

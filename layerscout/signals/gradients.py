@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import LayerscoutError
-from ..passes import register_pass
+from ..passes import checkpointed, register_pass
 from ..persample import BlockGradients
 from . import register_signal
 
@@ -64,7 +64,8 @@ def gradient_sweep(ctx) -> GradientSweep:
     the sign of their ∇J is kept for the lookahead."""
     ro = ctx.rollouts
     probe_sign = None
-    with BlockGradients(ctx.blocks, num_groups=ro.num_groups, per_sample=True) as bg:
+    with BlockGradients(ctx.blocks, num_groups=ro.num_groups, per_sample=True) as bg, \
+            checkpointed(ctx.blocks, ctx.config.gradient_checkpointing):
         for part in (ctx.probe_groups, ctx.heldout_groups):
             for rows, groups in ctx.bar(list(ctx.group_batches(part)), "gradients"):
                 logps = ctx.logps(ro, rows)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..grpo import surrogate_objective
-from ..passes import register_pass
+from ..passes import checkpointed, register_pass
 from ..persample import BlockGradients
 from ..precision import fp32_compute
 from . import register_signal
@@ -68,7 +68,8 @@ def update_steps(ctx, grad_sweep: GradientSweep) -> np.ndarray:
                 for g in grads.values():
                     g.neg_()  # the loss is −J
             else:
-                with BlockGradients(ctx.blocks, grads=grads) as bg:
+                with BlockGradients(ctx.blocks, grads=grads) as bg, \
+                        checkpointed(ctx.blocks, cfg.gradient_checkpointing):
                     bg.zero_()
                     for sl in ctx.batches(ro):
                         loss = -surrogate_objective(ctx.logps(ro, sl), ro.old_logps[sl].to(ctx.device),
