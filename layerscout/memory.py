@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("layerscout")
+log = logging.getLogger(__name__)
 
 
 def rss_mib(field: str = "VmRSS") -> float | None:
@@ -63,4 +63,4 @@ class MemoryMeter:
             else:
                 peak = (rss_mib("VmHWM") if reset else None) or _max_rss_mib()
             self.peaks[name] = round(peak, 1)
-            log.info("layerscout: %s peak %s %.0f MiB", name, self.kind, peak)
+            log.info("phase %s: peak %s %.0f MiB", name, self.kind, peak)

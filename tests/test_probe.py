@@ -11,7 +11,7 @@ from layerscout.grpo import sequence_weights
 from layerscout.logprobs import completion_logps, fused_head
 from layerscout.models import decoder_layers
 from layerscout.passes import PassContext
-from layerscout.precision import model_precision
+from layerscout.precision import Precision
 from layerscout.probe import _probe_mode, run_probe, split_groups
 from layerscout.rollouts import collect_rollouts
 from layerscout.signals import get_signal
@@ -30,8 +30,9 @@ def _rollouts(model, tok, task, **kw):
 
 
 def _sweep(model, cfg, ro):
+    """The gradient pass in fp32 compute (also on CUDA, where the default policy would autocast to bf16)."""
     with _probe_mode(model), fused_head(model, cfg.temperature):
-        ctx = PassContext(model, ro, cfg, model_precision(model), *split_groups(ro, 0.5, 0))
+        ctx = PassContext(model, ro, cfg, Precision(device_type=model.device.type), *split_groups(ro, 0.5, 0))
         return gradient_sweep(ctx), ctx
 
 
@@ -83,12 +84,13 @@ def test_gradient_checkpointing_gives_the_same_signals(organism, math_task, monk
     model, tok = organism
     cfg, ro = _rollouts(model, tok, math_task)
     names = ("grad_norm", "fisher_trace", "grad_snr", "update_norm", "attribution")
-    plain = signals_under(model, ro, cfg, model_precision(model), names)
+    fp32 = Precision(device_type=model.device.type)
+    plain = signals_under(model, ro, cfg, fp32, names)
     modes, checkpoint = [], torch.utils.checkpoint.checkpoint
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
                         lambda *a, **kw: modes.append(kw["use_reentrant"]) or checkpoint(*a, **kw))
     cfg.gradient_checkpointing = True
-    ckpt = signals_under(model, ro, cfg, model_precision(model), names)
+    ckpt = signals_under(model, ro, cfg, fp32, names)
     assert set(modes) == {True, False}  # reentrant for the hooked sweeps, not for captum
     for name in names:
         np.testing.assert_allclose(ckpt[name], plain[name], rtol=1e-5, err_msg=name)
@@ -241,8 +243,6 @@ def test_bf16_signals_agree_with_fp32(organism, math_task):
     import copy
 
     from scipy.stats import spearmanr
-
-    from layerscout.precision import Precision
 
     model, tok = organism
     cfg, ro = _rollouts(model, tok, math_task, num_prompts=8, max_completion_length=16)
