@@ -47,6 +47,7 @@ def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking
     """
     from .config import ModelSpec
     from .models import load_model
+    from .precision import model_precision
     from .probe import run_probe
     from .recipes import build_task, load_recipe
     from .records import write_json
@@ -60,7 +61,8 @@ def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking
     chosen = LayerRanking.load(given) if given is not None else None  # a bad file fails before the model loads
     pair = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
     if chosen is None:
-        chosen = run_probe(*pair, task_obj, recipe.probe, progress=progress)
+        chosen = run_probe(*pair, task_obj, recipe.probe, progress=progress,
+                           precision=model_precision(pair[0], dtype))
     override = check_ranking_fits(chosen, pair[0], force)
     layers = chosen.top(top_k)
     if not (resume and kept.exists()):
