@@ -7,7 +7,6 @@ Cost is counted in rollout-batch equivalents: one forward+backward unit is a bac
 
 from __future__ import annotations
 
-import difflib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -43,23 +42,17 @@ def register_pass(name: str, help: str, needs: Sequence[str] = ()):
     return deco
 
 
-def get_pass(name: str) -> Pass:
-    if name not in PASSES:
-        close = difflib.get_close_matches(name, PASSES, n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise LayerscoutError(f"Unknown pass {name!r}.{hint} Available: {', '.join(PASSES)}")
-    return PASSES[name]
-
-
 def plan_passes(needs: Sequence[str]) -> list[str]:
     """Every pass the given needs require (their own needs included), in execution order."""
     wanted: set[str] = set()
     stack = list(needs)
     while stack:
         name = stack.pop()
+        if name not in PASSES:
+            raise LayerscoutError(f"a signal needs the unknown pass {name!r}; passes: {', '.join(PASSES)}")
         if name not in wanted:
             wanted.add(name)
-            stack += get_pass(name).needs
+            stack += PASSES[name].needs
     return [name for name in PASSES if name in wanted]
 
 

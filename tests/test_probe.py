@@ -251,3 +251,25 @@ def test_bf16_signals_agree_with_fp32(organism, math_task):
     for name, ref in fp32.items():
         assert spearmanr(ref, bf16[name]).statistic >= 0.9, name
     np.testing.assert_allclose(bf16["update_norm"], fp32["update_norm"], rtol=0.01)
+
+
+def test_only_the_needed_passes_run_and_each_phase_records_its_peak(organism, math_task):
+    model, tok = organism
+    cfg = ProbeConfig(**{**CFG, "signals": ["grad_norm", "lookahead_gain"], "score_weights": {"grad_norm": 1.0}})
+    cost = run_probe(model, tok, math_task, cfg, progress=False).cost
+    assert list(cost["peak_memory_mib"]) == ["rollouts", "grad_sweep", "lookahead", "signals"]
+    assert all(v > 0 for v in cost["peak_memory_mib"].values())
+
+
+def test_a_pass_result_drops_its_tensors_once_no_later_pass_needs_them(organism, math_task):
+    from layerscout.memory import MemoryMeter
+    from layerscout.passes import run_passes
+
+    model, tok = organism
+    cfg, ro = _rollouts(model, tok, math_task)
+    with _probe_mode(model), fused_head(model, 1.0):
+        ctx = PassContext(model, ro, cfg, Precision(), *split_groups(ro, 0.5, 0))
+        results = run_passes(ctx, ["grad_sweep", "lookahead"], MemoryMeter(ctx.device))
+    sweep = results["grad_sweep"]  # the lookahead used its probe sign, then both tensors were dropped
+    assert sweep.total is None and sweep.probe_sign is None and sweep.pg_sq_norm.shape == (ctx.n_layers,)
+    assert np.ptp(results["lookahead"]) > 0

@@ -79,3 +79,14 @@ def test_combine_and_rank():
     assert ranks_from_scores(np.array([1.0, 1.0])).tolist() == [1, 2]  # tie -> shallower first
     with pytest.raises(LayerscoutError, match="not computed"):
         combine_signals(sig, {"c": 1.0})
+
+
+def test_passes_are_planned_from_the_signals_needs_in_registration_order():
+    from layerscout.passes import plan_passes
+    from layerscout.signals import get_signal
+
+    assert plan_passes(get_signal("lookahead_gain").needs) == ["grad_sweep", "lookahead"]
+    needs = [n for s in ("spectral_snr", "update_norm", "grad_snr") for n in get_signal(s).needs]
+    assert plan_passes(needs) == ["grad_sweep", "update_steps", "depth", "spectrum"]
+    with pytest.raises(LayerscoutError, match="unknown pass 'grad_swep'"):
+        plan_passes(["grad_swep"])
