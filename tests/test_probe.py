@@ -207,12 +207,12 @@ def test_lookahead_gain_is_the_heldout_gain_of_a_step_on_that_block_alone(organi
     sweep, ctx = _sweep(model, cfg, ro)
     with _probe_mode(model), fused_head(model, 1.0), torch.no_grad():
         got = lookahead(ctx, sweep)
-        before = sum(_heldout_objective(ctx, sl, FP32) for sl in ctx.batches(ctx.heldout))
+        before = float(sum(_heldout_objective(ctx, sl, FP32) for sl in ctx.batches(ctx.heldout)))
         for k, block in enumerate(ctx.blocks):
             saved = [p.clone() for p in block.parameters()]
             for p in block.parameters():
                 p.add_(sweep.probe_sign[p].float(), alpha=cfg.lookahead_lr)
-            want = sum(_heldout_objective(ctx, sl, FP32) for sl in ctx.batches(ctx.heldout)) - before
+            want = float(sum(_heldout_objective(ctx, sl, FP32) for sl in ctx.batches(ctx.heldout))) - before
             for p, s in zip(block.parameters(), saved):
                 p.copy_(s)
             assert got[k] == pytest.approx(want, rel=1e-4, abs=1e-9), k

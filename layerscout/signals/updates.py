@@ -6,8 +6,9 @@ blocks by construction; steps 2..s let it differ. The steps are taken on fp32 ma
 when they are fp32); θ^(0), the Adam moments and any master copy live in host memory. lookahead_gain: the held-out
 groups' surrogate J_h = Σ_i c_i Σ_t exp(logp − logp_old) after one Adam-like step lr·sign(g_k) on block k alone (g_k
 from the probe groups), minus J_h before, both computed in fp32 whatever the precision policy: in bf16 the forward's
-rounding swamps a gain of that size (Spearman 0.57-0.64 against fp32 across the organism's blocks). Cost: (s−1) forward+backward sweeps; about n_layers/2 + 2 forwards of the
-held-out half (block k's forward starts from block k's recorded input).
+rounding swamps a gain of that size (Spearman 0.57-0.64 against fp32 across the organism's blocks). Cost: (s−1)
+forward+backward sweeps; about n_layers/2 + 2 forwards of the held-out half (block k's forward starts from block k's
+recorded input).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def update_steps(ctx, grad_sweep: GradientSweep) -> np.ndarray:
             with torch.no_grad():
                 for p in params:
                     _adam_update(p, grads[p], moments[p], master.get(p), step, cfg.learning_rate)
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize(ctx.device)  # the state's copies back to host memory, once per step
         del grads
         with torch.no_grad():
             delta = {p: (master[p] if p in master else p.detach()).to(ctx.device) - start[p].to(ctx.device).float()
@@ -95,16 +98,17 @@ def update_steps(ctx, grad_sweep: GradientSweep) -> np.ndarray:
 
 
 def _adam_update(p, grad, moments, master, step: int, lr: float) -> None:
-    """Bring one parameter's state to the device, take the Adam step in fp32, write weights and state back."""
+    """Bring one parameter's state to the device, take the Adam step in fp32, write weights and state back
+    (asynchronously into pinned host memory: the caller synchronises once per step)."""
     m, v = (t.to(p.device, non_blocking=True) for t in moments)
     w = p.data if master is None else master.to(p.device, non_blocking=True)
     adam_step(w, grad, m, v, step, lr)
     if master is not None:
         p.copy_(w)
-        master.copy_(w)
+        master.copy_(w, non_blocking=True)
     for host, dev in zip(moments, (m, v)):
         if host is not dev:
-            host.copy_(dev)
+            host.copy_(dev, non_blocking=True)
 
 
 @dataclass
@@ -126,13 +130,13 @@ def lookahead(ctx, grad_sweep: GradientSweep) -> np.ndarray:
     sign, lr, ro = grad_sweep.probe_sign, ctx.config.lookahead_lr, ctx.heldout
     batches = [_Batch(sl) for sl in ctx.batches(ro)]
     with torch.no_grad(), fp32_compute(ctx.model) as fp32:
-        before = 0.0
+        before = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for b in batches:
             with _record_calls(ctx.blocks) as calls:
                 before += _heldout_objective(ctx, b.rows, fp32)
             b.calls = calls
             ctx.cost.forward(int(ro.attention_mask[b.rows].sum()))
-        gains = np.zeros(ctx.n_layers)
+        gains = torch.zeros(ctx.n_layers, dtype=torch.float64, device=ctx.device)
         for k, block in enumerate(ctx.bar(ctx.blocks, "lookahead")):
             saved = [p.detach().clone() for p in block.parameters()]
             for p in block.parameters():
@@ -148,15 +152,15 @@ def lookahead(ctx, grad_sweep: GradientSweep) -> np.ndarray:
             for b in batches:
                 hidden = b.calls[0][2] if b.out is None else _hidden(b.out)
                 b.out = _call_block(block, b.calls[k], hidden)
-            gains[k] -= before
-    return gains
+    return (gains - before).cpu().numpy()
 
 
-def _heldout_objective(ctx, rows, precision) -> float:
+def _heldout_objective(ctx, rows, precision) -> torch.Tensor:
+    """The held-out surrogate of rows `rows`, a 0-d fp64 tensor on the device (no host sync)."""
     ro = ctx.heldout
     logps = ctx.logps(ro, rows, precision)
-    return float(surrogate_objective(logps, ro.old_logps[rows].to(ctx.device), ro.completion_mask[rows].to(ctx.device),
-                                     ctx.heldout_weights[rows].to(ctx.device)))
+    return surrogate_objective(logps, ro.old_logps[rows].to(ctx.device), ro.completion_mask[rows].to(ctx.device),
+                               ctx.heldout_weights[rows].to(ctx.device)).double()
 
 
 @contextmanager
