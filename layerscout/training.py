@@ -322,14 +322,14 @@ def _setup_trainer(model, tokenizer, task, config: RLConfig, out: Path, trainabl
     from transformers import PrinterCallback
 
     from .multiturn import MultiTurnTrainer, is_multi_turn
+    from .precision import upcast_trainable
 
     timer = step_timer()
     guard = [optimizer_guard(set(trainable)), finite_guard(trainable), timer, log_metrics(), *callbacks]
     if is_multi_turn(task):
+        upcast_trainable(model, autocast=False)  # its loop runs without autocast: bf16 weights are refused
         return MultiTurnTrainer(model, tokenizer, task, config, out, guard, progress=progress), timer
     from trl import GRPOTrainer
-
-    from .precision import upcast_trainable
 
     name_or_path = model.config._name_or_path
     if config.beta > 0 and in_memory:
@@ -445,6 +445,7 @@ def _record(model, task, layers, config, base_id, trainable, base_state, base_ev
     import dataclasses
 
     from .models import num_layers
+    from .multiturn import is_multi_turn
     from .precision import training_precision
     from .records import provenance
 
@@ -456,7 +457,8 @@ def _record(model, task, layers, config, base_id, trainable, base_state, base_ev
         "trainable_params": sum(own[n].numel() for n in trainable),
         "task": task.name, "task_version": task.version,
         "algo": config.loss_type, "seed": config.seed, "steps": trainer.state.global_step,
-        "precision": training_precision(model, trainer.args.bf16, trainer.args.fp16),
+        "precision": training_precision(model, *((False, False) if is_multi_turn(task) else
+                                                 (trainer.args.bf16, trainer.args.fp16))),
         "base_score": base_eval["score"], "final_score": final_eval["score"],
         "base_eval": base_eval, "final_eval": final_eval,
         "relative_update": _relative_updates(model, layers, base_state),
