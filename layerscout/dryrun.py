@@ -8,13 +8,14 @@ residual-stream element (4 with fp32 weights), T = prompt + completion tokens, B
   activations    B·T·L·a, a = r·4h + c·(2h + 4·H·d + 4·KV·d + 4i)   per token and block, counted from a
                  Qwen3/Llama block's autograd graph (within 25 % of torch's saved tensors, tests/test_dryrun.py);
                  with gradient checkpointing B·T·(L·r·h + a)
-  logits         TRL's fused LM head: one min(B·T, 4096) × min(V, 32768) fp32 tile + the fp32 hidden-state gradient
-                 B·T·h·4
+  logits         TRL's fused LM head: one min(B·T, 4096) × min(V, 32768) fp32 tile (4 of them off CUDA, where
+                 TRL's torch path makes temporaries) + the hidden states and their fp32 gradient 2·B·T·h·4
   KV cache       B_gen·T·L·2·KV·d·c while generating
   probe          ∇J accumulators N_b·4 and the probe sign N_b·1 on the device; θ0, Adam m, v (and fp32 masters of
                  bf16 weights) in host memory, N_b·(w + 8 (+4))
   GRPO (TRL)     grads N_t·4, AdamW N_t·8, bf16 autocast copies of the trained weights N_t·2, trained weights
                  upcast to fp32 N_t·(4 − w), a reference model N·w when beta > 0
+  runtime        on CPU, 0.4 GiB for Python, torch and transformers with a model's modules (measured here)
 The peak is the largest phase; fits = peak <= the device's memory. An estimate: allocator fragmentation, CUDA
 context (~0.5 GB) and library workspaces come on top.
 """
@@ -31,6 +32,7 @@ GIB = 2**30
 FUSED_TILE = 4096  # TRL's chunked_logprob TOKEN_CHUNK_SIZE
 FUSED_VOCAB_CHUNK = 32768
 DEFAULT_PROMPT_TOKENS = 256  # when no tokenizer can be read to measure the task's prompts
+CPU_RUNTIME = int(0.4 * GIB)  # RSS of Python + torch + transformers with a model's modules loaded, weights aside
 
 
 @dataclass
@@ -111,8 +113,12 @@ def _activations(shape, tokens: int, compute: int, residual: int, checkpointing:
     return tokens * shape.num_layers * a
 
 
-def _logits(shape, tokens: int) -> int:
-    return min(tokens, FUSED_TILE) * min(shape.vocab_size, FUSED_VOCAB_CHUNK) * 4 + tokens * shape.hidden_size * 4
+def _logits(shape, tokens: int, device_type: str) -> int:
+    """TRL's fused head: its tile (4 fp32 temporaries of it in the torch path used off CUDA), plus the hidden states
+    and their fp32 gradient."""
+    tiles = 1 if device_type == "cuda" else 4
+    return (tiles * min(tokens, FUSED_TILE) * min(shape.vocab_size, FUSED_VOCAB_CHUNK) * 4
+            + tokens * shape.hidden_size * 4 * 2)
 
 
 def _kv_cache(shape, sequences: int, length: int, compute: int) -> int:
@@ -142,10 +148,11 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
                      "logits": gen_batch * shape.vocab_size * 4 * 2},
         "grad_sweep": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": nb,
                        "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
-                       "logits": _logits(shape, sweep_batch * seq), "ghost_grams": sweep_batch * seq * seq * 4 * 2},
+                       "logits": _logits(shape, sweep_batch * seq, precision.device_type),
+                       "ghost_grams": sweep_batch * seq * seq * 4 * 2},
         "update_steps": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": nb,
                          "activations": _activations(shape, probe.batch_size * seq, c, r, ckpt),
-                         "logits": _logits(shape, probe.batch_size * seq),
+                         "logits": _logits(shape, probe.batch_size * seq, precision.device_type),
                          "adam_transients": shape.largest_param * 4 * 3,
                          **({"adam_state_host": adam_host} if host_on_device else {})},
         "lookahead": {"weights_fp32": n * 4, "probe_sign": nb,
@@ -153,8 +160,11 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
                       "activations_no_grad": probe.batch_size * seq * (shape.hidden_size + shape.intermediate_size) * 4},
         "attribution": {"weights": weights, "activations": _activations(shape, probe.batch_size * seq, c, r, ckpt),
                         "block_outputs": shape.num_layers * probe.batch_size * seq * shape.hidden_size * r,
-                        "logits": _logits(shape, probe.batch_size * seq)},
+                        "logits": _logits(shape, probe.batch_size * seq, precision.device_type)},
     }
+    if host_on_device:
+        for terms in phases.values():
+            terms["runtime"] = CPU_RUNTIME
     out = _peak(phases)
     if not host_on_device:
         out["host_bytes"] = adam_host
@@ -182,10 +192,12 @@ def grpo_memory(shape: ModelShape, rl, precision, prompt_tokens: int, trained_bl
     states = {"weights": shape.params * w, "trained_upcast_fp32": nt * (4 - w), "grads": nt * 4, "adam": nt * 8,
               **({"autocast_weight_copies": nt * 2} if autocast else {}),
               **({"reference_model": shape.params * w} if rl.beta > 0 else {})}
+    if precision.device_type == "cpu":
+        states["runtime"] = CPU_RUNTIME
     phases = {
         "generation": {**states, "kv_cache": _kv_cache(shape, gen, seq, c), "logits": gen * shape.vocab_size * 4 * 2},
         "train_step": {**states, "activations": _activations(shape, mb * seq, c, r, gradient_checkpointing),
-                       "logits": _logits(shape, mb * seq)},
+                       "logits": _logits(shape, mb * seq, precision.device_type)},
     }
     return _peak(phases)
 
