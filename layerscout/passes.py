@@ -16,6 +16,7 @@ import torch
 from .errors import LayerscoutError
 from .grpo import sequence_weights
 from .logprobs import completion_logps
+from .memory import trim_heap
 from .models import decoder_layers
 
 
@@ -111,26 +112,32 @@ class PassContext:
             return completion_logps(self.model, ro.input_ids[rows].to(self.device),
                                     ro.attention_mask[rows].to(self.device), ro.completion_mask[rows].to(self.device))
 
-    def batches(self, ro) -> Iterator[slice]:
+    def batches(self, ro) -> list[slice]:
         """Micro-batches of `config.batch_size` sequences, in order."""
         bs = self.config.batch_size
-        for s in range(0, ro.input_ids.shape[0], bs):
-            yield slice(s, s + bs)
+        return [slice(s, s + bs) for s in range(0, ro.input_ids.shape[0], bs)]
 
-    def group_batches(self, groups: Sequence[int]) -> Iterator[tuple[torch.Tensor, list[tuple[int, slice]]]]:
+    def group_batches(self, groups: Sequence[int]) -> list[tuple[torch.Tensor, list[tuple[int, slice]]]]:
         """Micro-batches of whole prompt groups of `self.rollouts` (batch_size rounded up to a multiple of the group
         size): (row indices, [(group id, rows of that group within the batch)])."""
         g = self.rollouts.group_size
         per = max(1, self.config.batch_size // g)
+        out = []
         for s in range(0, len(groups), per):
             chunk = groups[s:s + per]
             rows = torch.cat([torch.arange(m * g, (m + 1) * g) for m in chunk])
-            yield rows, [(m, slice(j * g, (j + 1) * g)) for j, m in enumerate(chunk)]
+            out.append((rows, [(m, slice(j * g, (j + 1) * g)) for j, m in enumerate(chunk)]))
+        return out
 
-    def bar(self, iterable, desc: str, total: int | None = None):
+    def bar(self, items, desc: str) -> Iterator:
+        """`items` with a progress bar. On CPU, the heap is trimmed after each item: glibc otherwise keeps a
+        micro-batch's freed activations, fragmented, and a SmolLM2 sweep's resident set grows from 3.0 to 3.8 GB."""
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, desc=desc, total=total, disable=not self.progress, leave=False)
+        for item in tqdm(items, desc=desc, disable=not self.progress, leave=False):
+            yield item
+            if self.device.type == "cpu":
+                trim_heap()
 
 
 def run_passes(ctx: PassContext, names: Sequence[str], meter) -> dict[str, Any]:

@@ -31,7 +31,7 @@ def attribution_pass(ctx) -> np.ndarray:
     hook = ctx.blocks[0].register_forward_pre_hook(input_requires_grad, with_kwargs=True)
     try:
         with checkpointed(ctx.blocks, ctx.config.gradient_checkpointing, reentrant=False):
-            for sl in ctx.bar(list(ctx.batches(ro)), "attribution"):
+            for sl in ctx.bar(ctx.batches(ro), "attribution"):
                 args = (ro.attention_mask[sl].to(ctx.device), ro.completion_mask[sl].to(ctx.device),
                         (ctx.weights[sl] * ro.input_ids.shape[0]).to(ctx.device, torch.float32))
                 attrs = lgxa.attribute(ro.input_ids[sl].to(ctx.device), additional_forward_args=args)

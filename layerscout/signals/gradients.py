@@ -67,7 +67,7 @@ def gradient_sweep(ctx) -> GradientSweep:
     with BlockGradients(ctx.blocks, num_groups=ro.num_groups, per_sample=True) as bg, \
             checkpointed(ctx.blocks, ctx.config.gradient_checkpointing):
         for part in (ctx.probe_groups, ctx.heldout_groups):
-            for rows, groups in ctx.bar(list(ctx.group_batches(part)), "gradients"):
+            for rows, groups in ctx.bar(ctx.group_batches(part), "gradients"):
                 logps = ctx.logps(ro, rows)
                 bg.backward(logps.sum(), scale=ctx.weights[rows].to(ctx.device, torch.float32), groups=groups)
                 ctx.cost.backward(1, int(ro.attention_mask[rows].sum()))

@@ -72,7 +72,7 @@ def update_steps(ctx, grad_sweep: GradientSweep) -> np.ndarray:
                 with BlockGradients(ctx.blocks, grads=grads) as bg, \
                         checkpointed(ctx.blocks, cfg.gradient_checkpointing):
                     bg.zero_()
-                    for sl in ctx.batches(ro):
+                    for sl in ctx.bar(ctx.batches(ro), f"update step {step}"):
                         loss = -surrogate_objective(ctx.logps(ro, sl), ro.old_logps[sl].to(ctx.device),
                                                     ro.completion_mask[sl].to(ctx.device),
                                                     ctx.weights[sl].to(ctx.device), clip_eps=CLIP_EPS)
