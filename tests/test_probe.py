@@ -238,8 +238,8 @@ def signals_under(model, ro, cfg, precision, names=("update_norm", "lookahead_ga
 
 
 def test_bf16_signals_agree_with_fp32(organism, math_task):
-    """The precision policy: Adam steps on fp32 master copies, lookahead forwards in fp32. Pure bf16 (main before
-    the policy) gave lookahead Spearman -0.24..0.57 and update_norm 59 % off (benchmarks/precision.py)."""
+    """The precision policy: Adam steps on fp32 master copies, lookahead forwards in fp32. Pure bf16 (before the
+    policy) gave lookahead Spearman -0.29..0.52 and update_norm values 57 % off (README, benchmarks/precision.py)."""
     import copy
 
     from scipy.stats import spearmanr

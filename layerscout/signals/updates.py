@@ -6,7 +6,7 @@ blocks by construction; steps 2..s let it differ. The steps are taken on fp32 ma
 when they are fp32); θ^(0), the Adam moments and any master copy live in host memory. lookahead_gain: the held-out
 groups' surrogate J_h = Σ_i c_i Σ_t exp(logp − logp_old) after one Adam-like step lr·sign(g_k) on block k alone (g_k
 from the probe groups), minus J_h before, both computed in fp32 whatever the precision policy: in bf16 the forward's
-rounding swamps a gain of that size (Spearman 0.57-0.64 against fp32 across the organism's blocks). Cost: (s−1)
+rounding swamps a gain of that size (Spearman 0.57-0.64 against fp32 across an 8-layer organism's blocks). Cost: (s−1)
 forward+backward sweeps; about n_layers/2 + 2 forwards of the held-out half (block k's forward starts from block k's
 recorded input).
 """
