@@ -20,28 +20,13 @@ import time
 from pathlib import Path
 
 
-def _rss_mib(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MiB (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    try:  # writing 5 to clear_refs resets VmHWM to the current RSS (Linux >= 4.0)
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(spec: dict) -> dict:
     """One config in this process: `warmup + steps` GRPO steps; stats over the last `steps`."""
     import torch
     from transformers import TrainerCallback
 
     from layerscout.config import RLConfig
+    from layerscout.memory import reset_peak_rss, rss_mib
     from layerscout.models import load_model, num_layers
     from layerscout.training import train_layers
 
@@ -59,7 +44,7 @@ def child(spec: dict) -> dict:
             self.seconds, self.t = [], 0.0
 
         def on_train_begin(self, args, state, control, **kw):
-            self.rss_start, self.reset = _rss_mib("VmRSS"), _reset_peak_rss()
+            self.rss_start, self.reset = rss_mib("VmRSS"), reset_peak_rss()
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
 
@@ -70,7 +55,7 @@ def child(spec: dict) -> dict:
             self.seconds.append(time.perf_counter() - self.t)
 
         def on_train_end(self, args, state, control, **kw):
-            self.rss_peak = _rss_mib("VmHWM")
+            self.rss_peak = rss_mib("VmHWM")
             self.cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
 
     meter = Meter()

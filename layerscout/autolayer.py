@@ -65,6 +65,7 @@ def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking
     """
     from .config import ModelSpec, RLConfig
     from .models import num_layers
+    from .precision import model_precision
     from .probe import run_probe
     from .recipes import build_task, load_recipe
     from .records import write_json
@@ -84,7 +85,8 @@ def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking
     if verify is not None and verify > depth:  # before the probe: a bad K fails now
         raise LayerscoutError(f"verify must be in 1..{depth} (the model's depth); got {verify}")
     if chosen is None:
-        chosen = run_probe(*base.get(), task_obj, recipe.probe, progress=progress)
+        chosen = run_probe(*base.get(), task_obj, recipe.probe, progress=progress,
+                           precision=model_precision(base.get()[0], dtype))
     override = check_ranking_fits(chosen, base.get()[0], force)
     layers = chosen.top(top_k)
     if not (resume and kept.exists()):

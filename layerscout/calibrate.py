@@ -27,7 +27,7 @@ MANIFEST = "sweep.json"
 SUMMARY = "contributions.json"
 BASE_EVAL = "base_eval.json"
 # Fields that change what a run produces: a sweep dir refuses a config that differs in any of them.
-IDENTITY = ("model", "task", "task_options", "algo", "steps", "rl")
+IDENTITY = ("model", "dtype", "task", "task_options", "algo", "steps", "rl")
 # The command that runs exactly job j of n (the manifest carries the config).
 JOB_COMMAND = "layerscout calibrate --config {manifest} --shard {j}/{n}"
 RECORD_KEYS = ("job", "seed", "layers", "base_score", "final_score", "base_eval", "final_eval")
@@ -43,7 +43,8 @@ class CalibrationConfig:
 
     model: str | None = _f(None, "hub id, local model dir or .gguf file; None = the default organism")
     device: str = _f("auto", "where every run trains: auto | cpu | cuda | cuda:N")
-    dtype: str = _f("auto", "auto (float32 on CPU, bfloat16 on CUDA) | float32 | bfloat16 | float16")
+    dtype: str = _f("auto", "weights' dtype of every run: auto (float32; bf16 autocast on CUDA) | float32 | bfloat16 "
+                            "| float16; trained blocks are held in fp32 either way")
     task: str = _f("math", "probe recipe name or YAML path: its task, options and metadata.version")
     task_options: dict[str, Any] = _f({}, "override the recipe's task_options, e.g. {dataset: openai/gsm8k}")
     algo: str = _f("grpo", "loss_type of every run: grpo | dr_grpo")
@@ -154,7 +155,9 @@ def _write_manifest(path: Path, config: CalibrationConfig, n_layers: int, planne
     new = {"config": dataclasses.asdict(config), "n_layers": n_layers, "jobs": planned}
     old = _read_json(path)
     if old is not None:
-        changed = [k for k in IDENTITY if old["config"].get(k) != new["config"][k]]
+        # a field an older manifest lacks had its default then
+        defaults = {f.name: f.default for f in dataclasses.fields(CalibrationConfig)}
+        changed = [k for k in IDENTITY if old["config"].get(k, defaults[k]) != new["config"][k]]
         if changed:
             raise LayerscoutError(f"{path.parent} holds a sweep with a different {', '.join(changed)}; "
                                   f"choose another output dir")

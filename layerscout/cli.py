@@ -124,7 +124,11 @@ SHARED = {
     "device": [click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")],
     "dtype": [click.option("--dtype", default="auto", show_default=True,
                            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                           help="auto: float32 on CPU, bfloat16 on CUDA")],
+                           help="the weights' dtype; auto: float32, computed under bf16 autocast on CUDA (steps and "
+                                "trained blocks are held in fp32 whatever the weights)")],
+    "dry_run": [click.option("--dry-run", is_flag=True,
+                             help="print model size, planned rollouts and estimated peak memory, then exit (reads "
+                                  "only the model's config)")],
     "json": [click.option("--json", "as_json", is_flag=True,
                           help="print the result as one JSON document on stdout (logs and progress go to stderr)")],
     "quiet": [click.option("--quiet", is_flag=True, help="no progress bars")],
@@ -133,6 +137,12 @@ SHARED = {
             click.option("--log-file", type=click.Path(dir_okay=False), expose_value=False, callback=_log_option,
                          help="also write every log record (DEBUG: TRL's per-step metrics too) to this file")],
 }
+
+
+def _emit_plan(plan: dict, as_json: bool) -> None:
+    from .dryrun import format_plan
+
+    _emit(plan, as_json, lambda: _echo(format_plan(plan)))
 
 
 def shared_options(*names):
@@ -170,23 +180,32 @@ def _task_spec(opts: dict, task: str | None = None) -> tuple[str, list[str]]:
   layerscout rank ./SmolLM2-135M-Instruct.Q4_1.gguf --probe my_math.yaml -o num_prompts=16
 
   layerscout rank MODEL --dataset my_prompts.jsonl --reward my_reward.py:score --algo dr_grpo
+
+  layerscout rank Qwen/Qwen3-8B --dry-run --device cuda -o gradient_checkpointing=true
 """)
 @click.argument("model", required=False)
 @click.option("--probe", "probe_file", type=click.Path(dir_okay=False), help="probe recipe YAML (instead of --task)")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a recipe field, e.g. -o num_prompts=16 -o task_options.generator=chain_sum")
 @click.option("--output", type=click.Path(dir_okay=False), help="write the ranking JSON here")
-@shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log")
+@shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log", "dry_run")
 def rank(model, probe_file, overrides, output, **opts):
     """Run a short RL probe on MODEL and rank its decoder layers for single-layer RL."""
     from .records import check_writable, write_json_or_rescue
 
+    recipe, task_overrides = _task_spec(opts, probe_file)
+    algo = [f"loss_type={opts['algo']}"] if opts["algo"] else []
+    if opts["dry_run"]:
+        from .dryrun import plan_rank
+        from .recipes import load_recipe
+
+        seed = [f"seed={opts['seed']}"] if opts["seed"] is not None else []
+        loaded = load_recipe(recipe, list(overrides) + task_overrides + algo + seed)
+        return _emit_plan(plan_rank(model, loaded, opts["device"], opts["dtype"]), opts["as_json"])
     if output:
         check_writable(output)  # before the probe: a bad path fails now, not after minutes of work
     from .probe import rank_layers
 
-    recipe, task_overrides = _task_spec(opts, probe_file)
-    algo = [f"loss_type={opts['algo']}"] if opts["algo"] else []
     ranking = rank_layers(model, recipe, overrides=list(overrides) + task_overrides + algo, seed=opts["seed"],
                           device=opts["device"], dtype=opts["dtype"], progress=not opts["quiet"])
     data = ranking.to_dict()
@@ -265,7 +284,7 @@ def _writable_dir(path: str) -> str:
 @click.option("--output", required=True, type=click.Path(file_okay=False))
 @click.option("--resume", is_flag=True, help="continue a killed run from its last complete checkpoint (the same "
                                              "settings only; a finished run is reported and left untouched)")
-@shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log")
+@shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log", "dry_run")
 def train(model, auto_layer, top_k, ranking_file, force, verify, verify_steps, layers, full, steps, config_file,
           overrides, report_to, output, resume, **opts):
     """RL-train only the chosen decoder blocks (GRPO / Dr. GRPO via TRL; GiGPO on multi-turn tasks), scoring
@@ -284,6 +303,9 @@ def train(model, auto_layer, top_k, ranking_file, force, verify, verify_steps, l
     seed, progress = opts["seed"], not opts["quiet"]
     cfg = _rl_config(config_file, overrides, loss_type=opts["algo"], max_steps=steps, seed=seed, report_to=report_to)
     recipe, task_overrides = _task_spec(opts)
+    if opts["dry_run"]:
+        return _emit_plan(_plan_train(model, recipe, task_overrides, cfg, auto_layer, top_k, layers, full,
+                                      opts["device"], opts["dtype"]), opts["as_json"])
     from .training import check_output_dir
 
     check_output_dir(output, resume)  # before any model is loaded
@@ -304,6 +326,24 @@ def train(model, auto_layer, top_k, ranking_file, force, verify, verify_steps, l
         picked = None if full else parse_layers(layers, num_layers(pair[0]))
         record = train_layers(pair, task, picked, cfg, output, resume=resume, progress=progress)
     _emit(record, opts["as_json"], lambda: _print_run(record, output))
+
+
+def _plan_train(model, recipe, task_overrides, cfg, auto_layer, top_k, layers, full, device, dtype) -> dict:
+    """The dry-run of `train`: with --auto-layer, the probe (the recipe's) and a top_k-block run."""
+    from .dryrun import model_shape, plan_rank, plan_train
+    from .models import parse_layers
+    from .recipes import build_task, load_recipe
+
+    loaded = load_recipe(recipe, task_overrides)
+    picked = None if full else list(range(top_k)) if auto_layer else parse_layers(layers, model_shape(model).num_layers)
+    plan = plan_train(model, build_task(loaded), cfg, picked, device, dtype)
+    if auto_layer:
+        plan["layers"] = f"top {top_k} of the ranking"
+        plan["estimates"] = {f"{top_k}-block run": plan.pop("memory"),
+                             "probe": plan_rank(model, loaded, device, dtype)["memory"]}
+        capacity = plan["device_memory_bytes"]
+        plan["fits"] = None if capacity is None else max(e["peak_bytes"] for e in plan["estimates"].values()) <= capacity
+    return plan
 
 
 def _report_to_override(report_to: str | None, prefix: str = "") -> list[str]:
@@ -416,7 +456,7 @@ def export(ranking_file, fmt, top_k, model):
 @click.option("--shard", help="i/n: run only jobs j with j % n == i (Slurm job arrays)")
 @click.option("--print-jobs", is_flag=True,
               help="write the sweep manifest to the output dir, print the job list (with commands) as JSON, exit")
-@shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log")
+@shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log", "dry_run")
 def calibrate(model, layers, seeds, steps, config_file, overrides, report_to, output, launcher, ray_address, shard,
               print_jobs, **opts):
     """Ground truth: a full-parameter run and one single-block run per block, per seed -> C(k). Full runs go
@@ -442,6 +482,10 @@ def calibrate(model, layers, seeds, steps, config_file, overrides, report_to, ou
     if print_jobs and not explicit_output:
         raise LayerscoutError("--print-jobs writes the sweep manifest that the job commands read: give --output DIR")
     config = from_dict(cal.CalibrationConfig, data, source=config_file or "options")
+    if opts["dry_run"]:
+        from .dryrun import plan_calibrate
+
+        return _emit_plan(plan_calibrate(config), opts["as_json"])
     _writable_dir(config.output)  # before any model is loaded
     part = cal.parse_shard(shard) if shard else None
     if print_jobs:

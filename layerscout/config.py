@@ -28,7 +28,8 @@ class ModelSpec:
 
     name_or_path: str | None = _f(None, "hub id, local model dir or .gguf file; None = default organism")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    dtype: str = _f("auto", "auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16")
+    dtype: str = _f("auto", "weights' dtype: auto (float32; on CUDA computed under bf16 autocast) | float32 | "
+                            "bfloat16 | float16")
     gguf_file: str | None = _f(None, "GGUF file name inside a hub repo or dir")
     revision: str | None = _f(None, "hub revision")
 
@@ -52,7 +53,10 @@ class ProbeConfig:
     update_steps: int = _f(3, "Adam steps on the rollouts for the update-magnitude signal")
     learning_rate: float = _f(1e-5, "Adam learning rate of the update-magnitude steps")
     lookahead_lr: float = _f(1e-4, "size of the one-block lookahead step (first Adam step = lr * sign(grad))")
-    batch_size: int = _f(8, "sequences per forward/backward pass")
+    batch_size: int = _f(8, "sequences per forward/backward pass (the gradient sweep rounds it up to whole prompt "
+                            "groups)")
+    gradient_checkpointing: bool = _f(False, "recompute each block's activations in the backward passes: about "
+                                             "one more forward, for a fraction of the activation memory")
     signals: list[str] = _f(
         ["grad_norm", "grad_norm_per_param", "grad_norm_rel", "fisher_trace", "grad_snr", "update_norm",
          "attribution", "lookahead_gain", "depth_prior", "spectral_snr"],

@@ -14,7 +14,7 @@ from typing import Hashable, Sequence
 import torch
 
 from .errors import LayerscoutError
-from .rollouts import group_advantages
+from .grpo import group_advantages
 
 GAMMA = 0.95
 OMEGA = 1.0

@@ -20,6 +20,7 @@ import torch
 
 from .config import ModelSpec
 from .errors import LayerscoutError
+from .precision import DTYPES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,7 +33,6 @@ KNOWN_LAYER_PATHS = (
     "model.decoder.layers",  # OPT
 )
 PLAIN_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
@@ -59,10 +59,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """"auto" → bfloat16 on CUDA, float32 elsewhere (CPU bf16 matmuls are slow and lose small updates)."""
+def resolve_dtype(name: str) -> torch.dtype:
+    """The weights' storage dtype: "auto" → float32 everywhere. On CUDA the compute still runs in bf16 (autocast, as
+    TRL's bf16=True); see precision.py. bf16 weights cannot hold small probe steps or RL updates."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.float32
     if name not in DTYPES:
         raise LayerscoutError(f"dtype must be auto, {', '.join(DTYPES)}; got {name!r}")
     return DTYPES[name]
@@ -77,7 +78,7 @@ def load_model(spec: ModelSpec | str | None = None) -> tuple[PreTrainedModel, Pr
     if spec is None or isinstance(spec, str):
         spec = ModelSpec(name_or_path=spec)
     device = resolve_device(spec.device)
-    dtype = resolve_dtype(spec.dtype, device)
+    dtype = resolve_dtype(spec.dtype)
     name = spec.name_or_path
     if name is None:
         from .organisms import default_organism_path
@@ -138,6 +139,27 @@ def _load_tokenizer(source: str, **kw) -> PreTrainedTokenizerBase:
     if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") in PLAIN_TOKENIZERS:
         return PreTrainedTokenizerFast.from_pretrained(source, **kw)
     return AutoTokenizer.from_pretrained(source, **kw)
+
+
+def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer alone, no weights: of a local dir, a .gguf file, a hub id (local cache first) or (None) the
+    default organism. Raises OSError/ValueError where there is none."""
+    from transformers import AutoTokenizer
+
+    if name_or_path is None:
+        from .organisms import default_organism_path
+
+        name_or_path = str(default_organism_path())
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    elif path.is_dir():
+        tok = _load_tokenizer(str(path))
+    else:
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=not _hub_reachable())
+    if len(tok) < 2:  # transformers 5 builds an empty tokenizer for a dir that has a config.json but no vocab
+        raise LayerscoutError(f"{name_or_path!r} has no tokenizer files")
+    return tok
 
 
 def _load_hub(name: str, spec: ModelSpec, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

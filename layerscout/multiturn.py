@@ -4,7 +4,7 @@ the trainer, so per-step advantages over anchor states cannot pass through them;
 
 Each optimizer step plays num_generations episodes of prompts_per_step training games, flattens every episode into
 per-step samples (prompt = the conversation so far, completion = the action) and takes one AdamW step on the
-clipped token-level GRPO surrogate (rollouts.py) with each sample's advantage A = A^E + omega * A^S (gigpo.py;
+clipped token-level GRPO surrogate (grpo.py) with each sample's advantage A = A^E + omega * A^S (gigpo.py;
 omega = 0 for grpo / dr_grpo). It has the surface train_layers uses of TRL's trainer (train(), state,
 TrainerCallbacks) and checkpoints for resume. Cost per step: up to max_turns generate calls over the unfinished
 episodes, then one forward+backward over all step samples.
@@ -22,7 +22,9 @@ import torch
 from .config import RLConfig
 from .errors import LayerscoutError
 from .gigpo import anchor_share, gigpo_advantages
-from .rollouts import _pack, sequence_weights, surrogate_objective, token_logps
+from .grpo import sequence_weights, surrogate_objective
+from .logprobs import completion_logps, fused_head
+from .rollouts import _pack
 
 CLIP_EPS = 0.2  # TRL's default epsilon
 TRAINABLE, OPTIMIZER, RNG, STATE = "trainable.safetensors", "optimizer.pt", "rng_state.pth", "trainer_state.json"
@@ -145,14 +147,16 @@ class MultiTurnTrainer:
         order = sorted(range(len(samples)), key=lambda i: len(samples[i][0]) + len(samples[i][1]))
         size = self.config.prompts_per_step * self.config.num_generations
         total = 0.0
-        for s in range(0, len(order), size):
-            rows = torch.tensor(order[s:s + size])
-            keep = attn[rows].bool().any(0)
-            b_ids, b_attn, b_cmask = (t[rows][:, keep].to(device) for t in (ids, attn, cmask))
-            logps = token_logps(self.model(input_ids=b_ids, attention_mask=b_attn, use_cache=False).logits, b_ids)
-            loss = -surrogate_objective(logps, logps.detach(), b_cmask, weights[rows].to(device), clip_eps=CLIP_EPS)
-            loss.backward()
-            total += float(loss.detach())
+        with fused_head(self.model, self.config.temperature):  # TRL's log-probs: temperature, no full logits
+            for s in range(0, len(order), size):
+                rows = torch.tensor(order[s:s + size])
+                keep = attn[rows].bool().any(0)
+                b_ids, b_attn, b_cmask = (t[rows][:, keep].to(device) for t in (ids, attn, cmask))
+                logps = completion_logps(self.model, b_ids, b_attn, b_cmask)
+                loss = -surrogate_objective(logps, logps.detach(), b_cmask, weights[rows].to(device),
+                                            clip_eps=CLIP_EPS)
+                loss.backward()
+                total += float(loss.detach())
         return total
 
     # ---------------------------------------------------------------- checkpoints

@@ -1,7 +1,7 @@
-"""Rollouts and the GRPO maths on them: sample G completions per prompt once, score them with the task's
-reward, and turn rewards into group-relative advantages (GRPO: (r - mean)/(std + 1e-4) with torch's
-unbiased std, as TRL; Dr. GRPO: r - mean). Cost: one `generate` call per chunk of prompts, plus one forward
-pass to record the sampling policy's per-token log-probs."""
+"""Rollouts: sample G completions per prompt once, score them with the task's reward, turn rewards into group
+advantages (grpo.py) and record the sampling policy's per-token log-probs, temperature-scaled as TRL's (logprobs.py).
+Cost: one `generate` call per chunk of prompts, plus one forward pass over the rollouts.
+"""
 
 from __future__ import annotations
 
@@ -11,66 +11,9 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import LayerscoutError
-
-ADV_EPS = 1e-4  # TRL's constant in (r - mean) / (std + eps)
-
-
-# ---------------------------------------------------------------- pure maths
-
-def group_advantages(rewards: torch.Tensor, group_size: int, loss_type: str = "grpo") -> torch.Tensor:
-    """rewards (N,) laid out group after group, N = groups * group_size -> advantages (N,).
-
-    >>> group_advantages(torch.tensor([1., 0., 0., 0.]), 2, "dr_grpo")
-    tensor([ 0.5000, -0.5000,  0.0000,  0.0000])
-    """
-    if rewards.numel() % group_size:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
-    if not torch.isfinite(rewards).all():
-        raise LayerscoutError("the reward function returned NaN or inf")
-    r = rewards.view(-1, group_size)
-    adv = r - r.mean(dim=1, keepdim=True)
-    if loss_type == "grpo":
-        adv = adv / (r.std(dim=1, keepdim=True) + ADV_EPS)
-    return adv.reshape(-1)
-
-
-def sequence_weights(advantages: torch.Tensor, completion_mask: torch.Tensor, loss_type: str,
-                     max_completion_length: int) -> torch.Tensor:
-    """Per-sequence weight c_i with objective J = sum_i c_i * sum_t logp_it, matching TRL's loss normalisation.
-
-    grpo: c_i = A_i / (|y_i| * N) (token mean per sequence, then mean over sequences);
-    dr_grpo: c_i = A_i / (N * max_completion_length) (a constant normaliser, no length bias).
-    advantages (N,), completion_mask (N, T) -> (N,)
-    """
-    n = advantages.numel()
-    if loss_type == "grpo":
-        return advantages / (completion_mask.sum(dim=1).clamp(min=1) * n)
-    return advantages / (n * max_completion_length)
-
-
-def surrogate_objective(logps: torch.Tensor, old_logps: torch.Tensor, completion_mask: torch.Tensor,
-                        weights: torch.Tensor, clip_eps: float | None = None) -> torch.Tensor:
-    """Importance-weighted advantage J = sum_i c_i * sum_t ratio_it (clipped as PPO/GRPO when clip_eps is set).
-
-    logps, old_logps, completion_mask: (N, T); weights c_i (N,). At logps == old_logps the gradient equals
-    the policy gradient sum_i c_i * grad(sum_t logp_it).
-    """
-    ratio = torch.exp(logps - old_logps)
-    w = weights[:, None]
-    per_token = ratio * w
-    if clip_eps is not None:
-        per_token = torch.minimum(per_token, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * w)
-    return (per_token * completion_mask).sum()
-
-
-def token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """logits (B, T, V), input_ids (B, T) -> log p(x_t | x_<t) as (B, T), 0 at t = 0 (no prediction)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    out = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return torch.nn.functional.pad(out, (1, 0))
-
-
-# ---------------------------------------------------------------- rollouts
+from .grpo import group_advantages, informative_groups
+from .logprobs import completion_logps, fused_head
+from .precision import Precision, model_precision
 
 @dataclass
 class Rollouts:
@@ -96,6 +39,10 @@ class Rollouts:
     @property
     def generated_tokens(self) -> int:
         return int(self.completion_mask.sum())
+
+    def informative_groups(self) -> list[int]:
+        """Prompt groups whose completions got different rewards (the only ones with a policy gradient)."""
+        return informative_groups(self.rewards, self.group_size)
 
     def select_groups(self, groups: Sequence[int]) -> "Rollouts":
         """The sub-batch of the given prompt groups, renumbered 0..len(groups)-1."""
@@ -160,30 +107,35 @@ def _pack(rows, tokenizer):
     return torch.tensor(ids), torch.tensor(attn), torch.tensor(cmask), texts
 
 
-def sequence_logps(model, input_ids, attention_mask, batch_size: int = 8) -> torch.Tensor:
-    """Per-token log-probs (N, T) of the given sequences under `model`, without gradients."""
+def sequence_logps(model, input_ids, attention_mask, completion_mask, *, temperature: float = 1.0,
+                   precision: Precision | None = None, batch_size: int = 8) -> torch.Tensor:
+    """Completion log-probs (N, T) of the given sequences under `model` (0 off the completion), without gradients."""
     device = next(model.parameters()).device
+    precision = precision or model_precision(model)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), fused_head(model, temperature), precision.autocast():
         for s in range(0, input_ids.shape[0], batch_size):
-            ids = input_ids[s:s + batch_size].to(device)
-            am = attention_mask[s:s + batch_size].to(device)
-            out.append(token_logps(model(input_ids=ids, attention_mask=am).logits, ids).cpu())
+            sl = slice(s, s + batch_size)
+            out.append(completion_logps(model, input_ids[sl].to(device), attention_mask[sl].to(device),
+                                        completion_mask[sl].to(device)).float().cpu())
     return torch.cat(out)
 
 
 def collect_rollouts(model, tokenizer, task, dataset, *, num_generations: int, max_completion_length: int,
                      temperature: float = 1.0, top_p: float = 1.0, loss_type: str = "grpo",
-                     batch_size: int = 32, progress=None) -> Rollouts:
-    """Generate, score with `task.reward` (extra dataset columns passed as TRL does), compute advantages."""
+                     batch_size: int = 32, precision: Precision | None = None, progress=None) -> Rollouts:
+    """Generate, score with `task.reward` (extra dataset columns passed as TRL does), compute advantages, and record
+    the old log-probs at `temperature` under the precision policy (default: the model's own)."""
     from .tasks import render_prompt
 
     if len(dataset) == 0:
         raise LayerscoutError("no prompts to roll out: the dataset is empty")
     prompts = [render_prompt(tokenizer, p) for p in dataset["prompt"]]
-    ids, attn, cmask, texts = generate(model, tokenizer, prompts, num_generations=num_generations,
-                                       max_new_tokens=max_completion_length, temperature=temperature,
-                                       top_p=top_p, batch_size=batch_size, progress=progress)
+    precision = precision or model_precision(model)
+    with precision.autocast():
+        ids, attn, cmask, texts = generate(model, tokenizer, prompts, num_generations=num_generations,
+                                           max_new_tokens=max_completion_length, temperature=temperature,
+                                           top_p=top_p, batch_size=batch_size, progress=progress)
     columns = {c: [v for v in dataset[c] for _ in range(num_generations)] for c in dataset.column_names
                if c != "prompt"}
     rewards = torch.tensor(task.reward(prompts=[p for p in dataset["prompt"] for _ in range(num_generations)],
@@ -191,6 +143,7 @@ def collect_rollouts(model, tokenizer, task, dataset, *, num_generations: int, m
     if rewards.numel() != len(texts):
         raise LayerscoutError(f"the reward function returned {rewards.numel()} rewards for {len(texts)} completions")
     advantages = group_advantages(rewards, num_generations, loss_type)
-    old = sequence_logps(model, ids, attn, batch_size=max(1, batch_size // 4))
+    old = sequence_logps(model, ids, attn, cmask, temperature=temperature, precision=precision,
+                         batch_size=max(1, batch_size // 4))
     group = torch.arange(len(prompts)).repeat_interleave(num_generations)
     return Rollouts(ids, attn, cmask, rewards, advantages, group, old, texts, num_generations)

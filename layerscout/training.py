@@ -304,10 +304,12 @@ def _base_eval(model, tokenizer, task, config: RLConfig, cached: Path) -> dict:
 
 def _evaluate(model, tokenizer, task, config: RLConfig) -> dict:
     from .evaluate import evaluate
+    from .precision import autocast_for
 
-    return evaluate(model, tokenizer, task, n=config.eval_prompts, seed=_eval_seed(config),
-                    num_samples=config.eval_samples, max_new_tokens=config.max_completion_length,
-                    temperature=config.temperature)
+    with autocast_for(model):
+        return evaluate(model, tokenizer, task, n=config.eval_prompts, seed=_eval_seed(config),
+                        num_samples=config.eval_samples, max_new_tokens=config.max_completion_length,
+                        temperature=config.temperature)
 
 
 def _eval_seed(config: RLConfig) -> int:
@@ -321,10 +323,12 @@ def _setup_trainer(model, tokenizer, task, config: RLConfig, out: Path, trainabl
     from transformers import PrinterCallback
 
     from .multiturn import MultiTurnTrainer, is_multi_turn
+    from .precision import upcast_trainable
 
     timer = step_timer()
     guard = [optimizer_guard(set(trainable)), finite_guard(trainable), timer, log_metrics(), *callbacks]
     if is_multi_turn(task):
+        upcast_trainable(model, autocast=False)  # its loop runs without autocast: bf16 weights are refused
         return MultiTurnTrainer(model, tokenizer, task, config, out, guard, progress=progress), timer
     from trl import GRPOTrainer
 
@@ -336,6 +340,7 @@ def _setup_trainer(model, tokenizer, task, config: RLConfig, out: Path, trainabl
         model.config._name_or_path = str(out / "reference")
     on_cpu = next(model.parameters()).device.type == "cpu"
     args = config.to_grpo_config(out, progress=progress, use_cpu=on_cpu, processes=processes())
+    upcast_trainable(model, autocast=args.bf16 or args.fp16)
     try:
         trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=[task.reward], args=args,
                               train_dataset=task.load_prompts("train", config.train_prompts, config.seed),
@@ -441,6 +446,8 @@ def _record(model, task, layers, config, base_id, trainable, base_state, base_ev
     import dataclasses
 
     from .models import num_layers
+    from .multiturn import is_multi_turn
+    from .precision import training_precision
     from .records import provenance
 
     own = dict(model.named_parameters())
@@ -451,6 +458,8 @@ def _record(model, task, layers, config, base_id, trainable, base_state, base_ev
         "trainable_params": sum(own[n].numel() for n in trainable),
         "task": task.name, "task_version": task.version,
         "algo": config.loss_type, "seed": config.seed, "steps": trainer.state.global_step,
+        "precision": training_precision(model, *((False, False) if is_multi_turn(task) else
+                                                 (trainer.args.bf16, trainer.args.fp16))),
         "base_score": base_eval["score"], "final_score": final_eval["score"],
         "base_eval": base_eval, "final_eval": final_eval,
         "relative_update": _relative_updates(model, layers, base_state),

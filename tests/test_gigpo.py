@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from layerscout.gigpo import anchor_share, discounted_returns, gigpo_advantages, step_advantages
-from layerscout.rollouts import group_advantages
+from layerscout.grpo import group_advantages
 
 # One game, three episodes. States s0..s3; the success reward sits on the last step.
 #   e0: s0 -> s1 -> s2, rewards 0 0 1 (won)

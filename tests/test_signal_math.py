@@ -1,4 +1,4 @@
-"""Pure maths of advantages, signals and ranking, checked against values computed by hand.
+"""Pure maths of signals and ranking, checked against values computed by hand.
 Run: pytest tests/test_signal_math.py"""
 
 import numpy as np
@@ -7,51 +7,9 @@ import torch
 
 from layerscout.errors import LayerscoutError
 from layerscout.ranking import combine_signals, ranks_from_scores
-from layerscout.rollouts import group_advantages, sequence_weights, surrogate_objective, token_logps
 from layerscout.signals.baselines import depth_prior, percentile_ranks, spectrum_snr
-from layerscout.signals.gradients import gradient_snr, layer_sq_norms
-
-
-def test_grpo_advantages_match_trl_formula():
-    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
-    adv = group_advantages(r, 3, "grpo")
-    # group 1: mean 1/3, unbiased std sqrt(1/3)
-    std = (1 / 3) ** 0.5
-    expected = torch.tensor([2 / 3, -1 / 3, -1 / 3]) / (std + 1e-4)
-    assert torch.allclose(adv[:3], expected)
-    # group 2 (0, 1, 1): mean 2/3
-    assert torch.allclose(adv[3:], torch.tensor([-2 / 3, 1 / 3, 1 / 3]) / (std + 1e-4))
-
-
-def test_dr_grpo_advantages_do_not_divide_by_std_and_equal_rewards_give_zero():
-    adv = group_advantages(torch.tensor([2.0, 0.0, 5.0, 5.0]), 2, "dr_grpo")
-    assert adv.tolist() == [1.0, -1.0, 0.0, 0.0]
-
-
-def test_nan_reward_is_a_user_error():
-    with pytest.raises(LayerscoutError, match="NaN"):
-        group_advantages(torch.tensor([1.0, float("nan")]), 2)
-
-
-def test_sequence_weights_grpo_and_dr_grpo():
-    adv = torch.tensor([1.0, -1.0])
-    mask = torch.tensor([[0, 1, 1, 0], [0, 1, 1, 1]])
-    assert torch.allclose(sequence_weights(adv, mask, "grpo", 8), torch.tensor([1 / (2 * 2), -1 / (3 * 2)]))
-    assert torch.allclose(sequence_weights(adv, mask, "dr_grpo", 8), torch.tensor([1 / 16, -1 / 16]))
-
-
-def test_surrogate_at_old_policy_is_weighted_token_count_and_clip_caps_gains():
-    mask = torch.tensor([[0.0, 1.0, 1.0]])
-    logps = torch.zeros(1, 3)
-    assert float(surrogate_objective(logps, logps, mask, torch.tensor([0.5]))) == pytest.approx(1.0)
-    up = torch.full((1, 3), 1.0)  # ratio e ≈ 2.718, clipped to 1.2 for a positive advantage
-    assert float(surrogate_objective(up, logps, mask, torch.tensor([1.0]), clip_eps=0.2)) == pytest.approx(2.4)
-
-
-def test_token_logps_by_hand():
-    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75], [1.0, 1.0]]]))
-    out = token_logps(logits, torch.tensor([[0, 1, 0]]))
-    assert torch.allclose(out, torch.tensor([[0.0, np.log(0.5), np.log(0.25)]], dtype=torch.float32))
+from layerscout.signals.gradients import block_sq_norms, gradient_snr
+from layerscout.signals.updates import adam_step
 
 
 def test_gradient_snr_known_cases():
@@ -65,9 +23,29 @@ def test_gradient_snr_known_cases():
     assert gradient_snr(np.array([[1.0], [4.0], [9.0]]), np.array([4.0]))[0] == pytest.approx(4.0)
 
 
-def test_layer_sq_norms_zero_and_missing_gradients():
-    t = torch.tensor([3.0, 4.0])
-    assert layer_sq_norms([[t, None], [None], [torch.zeros(3)]]).tolist() == [25.0, 0.0, 0.0]
+def test_block_sq_norms_by_hand():
+    blocks = [torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(1, 1)]
+    values = dict(zip([*blocks[0].parameters(), *blocks[1].parameters()],
+                      [torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0]]), torch.tensor([2.0])]))
+    assert block_sq_norms(values, blocks).tolist() == [25.0, 4.0]
+
+
+def test_adam_step_is_torch_adam():
+    g = torch.Generator().manual_seed(0)
+    w0 = torch.randn(5, generator=g)
+    grads = [torch.randn(5, generator=g) for _ in range(3)]
+    ref = torch.nn.Parameter(w0.clone())
+    opt = torch.optim.Adam([ref], lr=1e-3, foreach=False)
+    w, m, v = w0.clone(), torch.zeros(5), torch.zeros(5)
+    for step, grad in enumerate(grads, 1):
+        ref.grad = grad.clone()
+        opt.step()
+        adam_step(w, grad, m, v, step, lr=1e-3)
+    assert torch.equal(w, ref.detach())
+    # the first step moves every entry by lr (sign of the gradient), whatever its size
+    w1, m1, v1 = w0.clone(), torch.zeros(5), torch.zeros(5)
+    adam_step(w1, grads[0], m1, v1, 1, lr=1e-3)
+    torch.testing.assert_close(w0 - w1, 1e-3 * grads[0].sign(), rtol=1e-4, atol=0)
 
 
 def test_spectrum_snr_of_a_known_spectrum():
@@ -101,3 +79,14 @@ def test_combine_and_rank():
     assert ranks_from_scores(np.array([1.0, 1.0])).tolist() == [1, 2]  # tie -> shallower first
     with pytest.raises(LayerscoutError, match="not computed"):
         combine_signals(sig, {"c": 1.0})
+
+
+def test_passes_are_planned_from_the_signals_needs_in_registration_order():
+    from layerscout.passes import plan_passes
+    from layerscout.signals import get_signal
+
+    assert plan_passes(get_signal("lookahead_gain").needs) == ["grad_sweep", "lookahead"]
+    needs = [n for s in ("spectral_snr", "update_norm", "grad_snr") for n in get_signal(s).needs]
+    assert plan_passes(needs) == ["grad_sweep", "update_steps", "depth", "spectrum"]
+    with pytest.raises(LayerscoutError, match="unknown pass 'grad_swep'"):
+        plan_passes(["grad_swep"])

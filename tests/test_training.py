@@ -80,6 +80,8 @@ def test_run_leaves_model_delta_and_report(tok, run):
     assert [p["step"] for p in report["reward_curve"]] == [1, 2]
     assert 0 <= report["base_score"] <= 1 and 0 <= report["final_score"] <= 1
     assert report["relative_update"][str(LAYER)] > 0 and report["versions"]["trl"]
+    assert report["precision"] == {"weights": "float32", "trained": "float32", "compute": "float32",
+                                   "master": "float32"}
     tensors, meta = read_delta(out / "layer_delta.safetensors")
     block = {n for n, _ in model.named_parameters() if n.startswith(layer_prefix(model, LAYER))}
     assert set(tensors) == block
@@ -300,6 +302,12 @@ def test_optimizer_guard_rejects_frozen_tensors_in_the_optimizer(tok):
     optimizer = torch.optim.AdamW(model.parameters())  # holds frozen tensors too
     with pytest.raises(LayerscoutError, match="optimizer/trainable mismatch"):
         optimizer_guard(trainable).on_train_begin(None, None, None, model=model, optimizer=optimizer)
+
+
+def test_bf16_weights_without_autocast_are_refused(tok, tmp_path):
+    """On CPU TRL trains without autocast, so fp32 master copies of a bf16 model's block cannot run: refuse."""
+    with pytest.raises(LayerscoutError, match="cannot hold small RL updates"):
+        train(tok, tmp_path, model=fresh(tok).to(torch.bfloat16))
 
 
 def test_bad_layer_fails_before_training(tok, tmp_path):

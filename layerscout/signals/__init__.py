@@ -1,12 +1,12 @@
-"""Signal registry: name -> fn(state) -> float array (n_layers,). `state` is a probe.ProbeState, which
-caches the passes several signals share (one gradient pass feeds five of them). Importing this package
-registers the built-in signals."""
+"""Signal registry: name -> a pure function of pass results -> float array (n_layers,). A signal declares the
+passes it needs (`needs`, names in passes.PASSES); the probe runs each needed pass once and calls the signal with
+those results as keyword arguments. Importing this package registers the built-in passes and signals."""
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -18,15 +18,17 @@ class Signal:
     name: str
     fn: Callable[..., np.ndarray]
     help: str
+    needs: tuple[str, ...] = ()
     higher_is_better: bool = True
 
 
 SIGNALS: dict[str, Signal] = {}
 
 
-def register_signal(name: str, help: str, higher_is_better: bool = True):
+def register_signal(name: str, help: str, needs: Sequence[str] = (), higher_is_better: bool = True):
+    """Decorator: `@register_signal("grad_norm", "...", needs=("grad_sweep",)) def f(grad_sweep): ...`."""
     def deco(fn):
-        SIGNALS[name] = Signal(name, fn, help, higher_is_better)
+        SIGNALS[name] = Signal(name, fn, help, tuple(needs), higher_is_better)
         return fn
     return deco
 
@@ -43,4 +45,5 @@ def list_signals() -> list[Signal]:
     return [SIGNALS[k] for k in sorted(SIGNALS)]
 
 
-from . import attribution, baselines, gradients, updates  # noqa: E402,F401  (registration)
+# registration; order = pass execution order (gradients, then updates that reuse them, then the rest)
+from . import gradients, updates, attribution, baselines  # noqa: E402,F401,I001

@@ -9,32 +9,42 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..logprobs import completion_logps
+from ..passes import checkpointed, register_pass
+from ..persample import input_requires_grad
 from . import register_signal
 
 
-@register_signal("attribution", "captum gradient×activation of the advantage-weighted log-prob at block k's output")
-def attribution(state) -> np.ndarray:
+@register_pass("attribution", "captum gradient×activation mass at each block's output", needs=())
+def attribution_pass(ctx) -> np.ndarray:
     from captum.attr import LayerGradientXActivation
 
-    ro, model = state.rollouts, state.model
-    weights = state.weights
+    ro, model = ctx.rollouts, ctx.model
 
     def forward(input_ids, attention_mask, completion_mask, w):
-        from ..rollouts import token_logps
-        logp = token_logps(model(input_ids=input_ids, attention_mask=attention_mask).logits, input_ids)
-        return (logp * completion_mask).sum(dim=1) * w
+        with ctx.precision.autocast():
+            logp = completion_logps(model, input_ids, attention_mask, completion_mask)
+        return logp.sum(dim=1) * w
 
-    lgxa = LayerGradientXActivation(forward, list(state.blocks))
-    mass = np.zeros(state.n_layers)
-    bs = state.config.batch_size
-    for s in range(0, ro.input_ids.shape[0], bs):
-        sl = slice(s, s + bs)
-        args = (ro.attention_mask[sl].to(state.device), ro.completion_mask[sl].to(state.device),
-                (weights[sl] * ro.input_ids.shape[0]).to(state.device))
-        attrs = lgxa.attribute(ro.input_ids[sl].to(state.device), additional_forward_args=args)
-        for k, a in enumerate(attrs):
-            a = a[0] if isinstance(a, (tuple, list)) else a
-            mass[k] += float(a.detach().float().abs().sum())
-        state.cost.backward(1, int(ro.attention_mask[sl].sum()))
-        state.tick()
-    return mass / ro.input_ids.shape[0]
+    lgxa = LayerGradientXActivation(forward, list(ctx.blocks))
+    mass = torch.zeros(ctx.n_layers, dtype=torch.float64, device=ctx.device)
+    hook = ctx.blocks[0].register_forward_pre_hook(input_requires_grad, with_kwargs=True)
+    try:
+        with checkpointed(ctx.blocks, ctx.config.gradient_checkpointing, reentrant=False):
+            for sl in ctx.bar(ctx.batches(ro), "attribution"):
+                args = (ro.attention_mask[sl].to(ctx.device), ro.completion_mask[sl].to(ctx.device),
+                        (ctx.weights[sl] * ro.input_ids.shape[0]).to(ctx.device, torch.float32))
+                attrs = lgxa.attribute(ro.input_ids[sl].to(ctx.device), additional_forward_args=args)
+                for k, a in enumerate(attrs):
+                    a = a[0] if isinstance(a, (tuple, list)) else a
+                    mass[k] += a.detach().double().abs().sum()
+                ctx.cost.backward(1, int(ro.attention_mask[sl].sum()))
+    finally:
+        hook.remove()
+    return mass.cpu().numpy() / ro.input_ids.shape[0]
+
+
+@register_signal("attribution", "captum gradient×activation of the advantage-weighted log-prob at block k's output",
+                 needs=("attribution",))
+def attribution(attribution: np.ndarray) -> np.ndarray:
+    return attribution

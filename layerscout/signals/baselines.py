@@ -11,6 +11,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from ..passes import register_pass
 from . import register_signal
 
 
@@ -44,18 +45,28 @@ def percentile_ranks(values: np.ndarray) -> np.ndarray:
     return (rankdata(values) - 1) / (len(values) - 1)
 
 
-@register_signal("depth_prior", "baseline: 1 at the middle block, 0 at the ends (no model access)")
-def depth_prior_signal(state) -> np.ndarray:
-    return depth_prior(state.n_layers)
+@register_pass("depth", "number of decoder blocks (no model access beyond that)", needs=())
+def depth_pass(ctx) -> int:
+    return ctx.n_layers
 
 
-@register_signal("spectral_snr", "baseline: Spectrum weight SNR, percentile within each module type, averaged")
-def spectral_snr(state) -> np.ndarray:
-    by_type: dict[str, list[float]] = defaultdict(lambda: [np.nan] * state.n_layers)
-    for k, block in enumerate(state.blocks):
+@register_pass("spectrum", "Spectrum's weight SNR of every 2-D weight, by module type and block", needs=())
+def spectrum_pass(ctx) -> dict[str, np.ndarray]:
+    by_type: dict[str, list[float]] = defaultdict(lambda: [np.nan] * ctx.n_layers)
+    for k, block in enumerate(ctx.bar(ctx.blocks, "spectrum")):
         for name, p in block.named_parameters():
             if p.ndim == 2:
                 by_type[name][k] = spectrum_snr(p)
-        state.tick()
-    ranks = [percentile_ranks(np.asarray(v)) for v in by_type.values() if not np.isnan(v).any()]
-    return np.mean(ranks, axis=0) if ranks else np.full(state.n_layers, 0.5)
+    return {name: np.asarray(v) for name, v in by_type.items()}
+
+
+@register_signal("depth_prior", "baseline: 1 at the middle block, 0 at the ends (no model access)", needs=("depth",))
+def depth_prior_signal(depth: int) -> np.ndarray:
+    return depth_prior(depth)
+
+
+@register_signal("spectral_snr", "baseline: Spectrum weight SNR, percentile within each module type, averaged",
+                 needs=("spectrum", "depth"))
+def spectral_snr(spectrum: dict[str, np.ndarray], depth: int) -> np.ndarray:
+    ranks = [percentile_ranks(v) for v in spectrum.values() if not np.isnan(v).any()]
+    return np.mean(ranks, axis=0) if ranks else np.full(depth, 0.5)

@@ -1,9 +1,10 @@
-"""Per-block gradient signals from one per-sample backward sweep over the rollouts.
+"""Per-block gradient signals from one batched backward sweep over the rollouts (the `grad_sweep` pass).
 
-grad_norm ||∇_k J|| of the GRPO objective J = Σ_i c_i Σ_t log p(y_it) (c_i from rollouts.sequence_weights);
-fisher_trace (1/N) Σ_i ||∇_k log p(y_i|x_i)||² (empirical Fisher); grad_snr ||mean_m g_m||² / var_m(g_m)
-over prompt groups m (each group's own estimate of ∇J). Sources: policy-gradient theorem; Auto-RGN
-(||g||/||θ||); gradient-noise-scale literature. Cost: one backward per sampled sequence (N = prompts × G).
+grad_norm ||∇_k J|| of the GRPO objective J = Σ_i c_i Σ_t log p(y_it) (c_i from grpo.sequence_weights);
+fisher_trace (1/N) Σ_i ||∇_k log p(y_i|x_i)||² (empirical Fisher); grad_snr ||mean_m g_m||² / var_m(g_m) over prompt
+groups m (each group's own estimate of ∇J). Sources: policy-gradient theorem; Auto-RGN (||g||/||θ||);
+gradient-noise-scale literature. Cost: one forward+backward per micro-batch of whole prompt groups, i.e. one
+rollout-batch equivalent; per-sample norms come from hooks (persample.py), not from batch-1 passes.
 """
 
 from __future__ import annotations
@@ -13,21 +14,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import LayerscoutError
+from ..passes import checkpointed, register_pass
+from ..persample import BlockGradients
 from . import register_signal
 
 
 @dataclass
-class GradientStats:
-    """Reductions of the sweep, all (n_layers,) unless noted. `total` and `probe` are per-parameter
-    gradients of J (all groups / the probe groups only), kept for the update and lookahead signals."""
+class GradientSweep:
+    """Reductions of the sweep, all (n_layers,) unless noted, plus two per-parameter tensors kept for later passes
+    until `release()`: `total` = ∇J in fp32 (all groups), `probe_sign` = sign of the probe groups' ∇J (int8)."""
 
     pg_sq_norm: np.ndarray          # ||∇_k J||²
     fisher: np.ndarray              # (1/N) Σ_i ||∇_k log p_i||²
     group_sq_norms: np.ndarray      # (M, n_layers): ||g_m||² with g_m = M × group m's share of ∇J
     param_count: np.ndarray
     weight_norm: np.ndarray
-    total: dict[torch.nn.Parameter, torch.Tensor]
-    probe: dict[torch.nn.Parameter, torch.Tensor]
+    total: dict[torch.nn.Parameter, torch.Tensor] | None = None
+    probe_sign: dict[torch.nn.Parameter, torch.Tensor] | None = None
+
+    def release(self) -> None:
+        self.total = self.probe_sign = None
 
 
 def gradient_snr(group_sq_norms: np.ndarray, mean_sq_norm: np.ndarray) -> np.ndarray:
@@ -45,78 +52,64 @@ def gradient_snr(group_sq_norms: np.ndarray, mean_sq_norm: np.ndarray) -> np.nda
     return snr
 
 
-def layer_sq_norms(tensors_by_layer: list[list[torch.Tensor | None]]) -> np.ndarray:
-    """Σ of squared entries per layer; None (no gradient reached the parameter) counts as zero."""
-    return np.array([sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2 for t in ts if t is not None)
-                     for ts in tensors_by_layer])
+def block_sq_norms(tensors: dict, blocks) -> torch.Tensor:
+    """Σ of squared entries of each block's tensors (keyed by parameter), as one (L,) fp64 tensor on their device."""
+    return torch.stack([sum(tensors[p].double().square().sum() for p in b.parameters()) for b in blocks])
 
 
-def gradient_pass(state) -> GradientStats:
-    """One backward per sequence: Fisher needs per-sample gradients; the same gradients, weighted by c_i and
-    summed per prompt group, give ∇J, its group-to-group noise and the probe-half gradient for lookahead."""
-    ro, params = state.rollouts, state.block_params
-    flat = [p for ps in params for p in ps]
-    total = {p: torch.zeros_like(p, dtype=torch.float32) for p in flat}
-    probe = {p: torch.zeros_like(p, dtype=torch.float32) for p in flat}
-    weights = state.weights
-    n, m_groups = ro.input_ids.shape[0], ro.num_groups
-    fisher = np.zeros(state.n_layers)
-    group_sq = np.zeros((m_groups, state.n_layers))
-    probe_groups = set(state.probe_groups)
-    for m in range(m_groups):
-        group_grad = {p: torch.zeros_like(p, dtype=torch.float32) for p in flat}
-        for i in torch.nonzero(ro.group == m).flatten().tolist():
-            for p in flat:
-                p.grad = None
-            state.sequence_logp(i).backward()
-            state.cost.backward(1, int(ro.attention_mask[i].sum()))
-            grads = [[p.grad for p in ps] for ps in params]
-            fisher += layer_sq_norms(grads)
-            for p in flat:
-                if p.grad is not None:
-                    group_grad[p].add_(p.grad.float(), alpha=float(weights[i]))
-        group_sq[m] = layer_sq_norms([[group_grad[p] * m_groups for p in ps] for ps in params])
-        for p in flat:
-            total[p] += group_grad[p]
-            if m in probe_groups:
-                probe[p] += group_grad[p]
-        state.tick()
-    for p in flat:
-        p.grad = None
-    pg_sq = layer_sq_norms([[total[p] for p in ps] for ps in params])
+@register_pass("grad_sweep", "∇J, per-sample and per-group squared gradient norms per block", needs=())
+def gradient_sweep(ctx) -> GradientSweep:
+    """Backward of Σ_i log p(y_i) over micro-batches of whole groups, probe groups first. Hooks weight each sequence's
+    gradient by c_i into ∇J and take per-sample (Fisher) and per-group (SNR) squared norms; after the probe groups,
+    the sign of their ∇J is kept for the lookahead."""
+    ro = ctx.rollouts
+    probe_sign = None
+    with BlockGradients(ctx.blocks, num_groups=ro.num_groups, per_sample=True) as bg, \
+            checkpointed(ctx.blocks, ctx.config.gradient_checkpointing):
+        for part in (ctx.probe_groups, ctx.heldout_groups):
+            for rows, groups in ctx.bar(ctx.group_batches(part), "gradients"):
+                logps = ctx.logps(ro, rows)
+                bg.backward(logps.sum(), scale=ctx.weights[rows].to(ctx.device, torch.float32), groups=groups)
+                ctx.cost.backward(1, int(ro.attention_mask[rows].sum()))
+            if probe_sign is None:
+                probe_sign = {p: g.sign().to(torch.int8) for p, g in bg.grads.items()}
+    n, m = ro.input_ids.shape[0], ro.num_groups
+    pg_sq = block_sq_norms(bg.grads, ctx.blocks).cpu().numpy()
+    fisher = bg.sample_sq.cpu().numpy() / n
     if not (np.isfinite(pg_sq).all() and np.isfinite(fisher).all()):
-        from ..errors import LayerscoutError
         raise LayerscoutError("NaN/inf gradients in the probe: try --dtype float32 or a smaller lookahead/learning rate")
-    return GradientStats(
-        pg_sq_norm=pg_sq, fisher=fisher / n, group_sq_norms=group_sq,
-        param_count=np.array([sum(p.numel() for p in ps) for ps in params], dtype=float),
-        weight_norm=np.sqrt(layer_sq_norms([[p.detach() for p in ps] for ps in params])),
-        total=total, probe=probe)
+    weights = {p: p.detach() for b in ctx.blocks for p in b.parameters()}
+    return GradientSweep(
+        pg_sq_norm=pg_sq, fisher=fisher, group_sq_norms=bg.group_sq.cpu().numpy() * m * m,
+        param_count=np.array([sum(p.numel() for p in b.parameters()) for b in ctx.blocks], dtype=float),
+        weight_norm=np.sqrt(block_sq_norms(weights, ctx.blocks).cpu().numpy()),
+        total=bg.grads, probe_sign=probe_sign)
 
 
-@register_signal("grad_norm", "||∇_k J||: policy-gradient norm of block k")
-def grad_norm(state) -> np.ndarray:
-    return np.sqrt(state.gradients.pg_sq_norm)
+@register_signal("grad_norm", "||∇_k J||: policy-gradient norm of block k", needs=("grad_sweep",))
+def grad_norm(grad_sweep: GradientSweep) -> np.ndarray:
+    return np.sqrt(grad_sweep.pg_sq_norm)
 
 
-@register_signal("grad_norm_per_param", "||∇_k J|| / sqrt(#params of block k): RMS gradient entry")
-def grad_norm_per_param(state) -> np.ndarray:
-    g = state.gradients
-    return np.sqrt(g.pg_sq_norm) / np.sqrt(g.param_count)
+@register_signal("grad_norm_per_param", "||∇_k J|| / sqrt(#params of block k): RMS gradient entry",
+                 needs=("grad_sweep",))
+def grad_norm_per_param(grad_sweep: GradientSweep) -> np.ndarray:
+    return np.sqrt(grad_sweep.pg_sq_norm) / np.sqrt(grad_sweep.param_count)
 
 
-@register_signal("grad_norm_rel", "||∇_k J|| / ||θ_k||: gradient relative to weight norm (Auto-RGN)")
-def grad_norm_rel(state) -> np.ndarray:
-    g = state.gradients
-    return np.sqrt(g.pg_sq_norm) / np.maximum(g.weight_norm, 1e-12)
+@register_signal("grad_norm_rel", "||∇_k J|| / ||θ_k||: gradient relative to weight norm (Auto-RGN)",
+                 needs=("grad_sweep",))
+def grad_norm_rel(grad_sweep: GradientSweep) -> np.ndarray:
+    return np.sqrt(grad_sweep.pg_sq_norm) / np.maximum(grad_sweep.weight_norm, 1e-12)
 
 
-@register_signal("fisher_trace", "(1/N) Σ_i ||∇_k log p(y_i|x_i)||²: empirical Fisher trace of block k")
-def fisher_trace(state) -> np.ndarray:
-    return state.gradients.fisher
+@register_signal("fisher_trace", "(1/N) Σ_i ||∇_k log p(y_i|x_i)||²: empirical Fisher trace of block k",
+                 needs=("grad_sweep",))
+def fisher_trace(grad_sweep: GradientSweep) -> np.ndarray:
+    return grad_sweep.fisher
 
 
-@register_signal("grad_snr", "||mean_m g_m||² / var_m g_m across prompt groups: gradient signal-to-noise")
-def grad_snr(state) -> np.ndarray:
-    g = state.gradients
-    return gradient_snr(g.group_sq_norms, g.pg_sq_norm)
+@register_signal("grad_snr", "||mean_m g_m||² / var_m g_m across prompt groups: gradient signal-to-noise",
+                 needs=("grad_sweep",))
+def grad_snr(grad_sweep: GradientSweep) -> np.ndarray:
+    return gradient_snr(grad_sweep.group_sq_norms, grad_sweep.pg_sq_norm)

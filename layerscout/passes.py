@@ -1,0 +1,184 @@
+"""The probe's engine: the passes over the model that signals share. A pass is a function of a PassContext (model,
+rollouts, probe/held-out split, precision) and of earlier passes' results; a signal (signals/) declares the passes
+it needs and reduces their results to one value per block. `run_passes` runs each needed pass once, in registration
+order, releases a result's large tensors as soon as no later pass needs them, and records every pass's peak memory.
+Cost is counted in rollout-batch equivalents: one forward+backward unit is a backward over every rollout token.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from .errors import LayerscoutError
+from .grpo import sequence_weights
+from .logprobs import completion_logps
+from .memory import trim_heap
+from .models import decoder_layers
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    fn: Callable[..., Any]
+    help: str
+    needs: tuple[str, ...] = ()
+
+
+PASSES: dict[str, Pass] = {}
+
+
+def register_pass(name: str, help: str, needs: Sequence[str] = ()):
+    """Decorator: `@register_pass("update_steps", "...", needs=("grad_sweep",)) def f(ctx, grad_sweep): ...`.
+    Passes run in the order they are registered, so a pass may only need passes registered before it."""
+    def deco(fn):
+        unknown = [n for n in needs if n not in PASSES]
+        if unknown:
+            raise ValueError(f"pass {name!r} needs {unknown}, not registered before it")
+        PASSES[name] = Pass(name, fn, help, tuple(needs))
+        return fn
+    return deco
+
+
+def plan_passes(needs: Sequence[str]) -> list[str]:
+    """Every pass the given needs require (their own needs included), in execution order."""
+    wanted: set[str] = set()
+    stack = list(needs)
+    while stack:
+        name = stack.pop()
+        if name not in PASSES:
+            raise LayerscoutError(f"a signal needs the unknown pass {name!r}; passes: {', '.join(PASSES)}")
+        if name not in wanted:
+            wanted.add(name)
+            stack += PASSES[name].needs
+    return [name for name in PASSES if name in wanted]
+
+
+class Cost:
+    """Tokens pushed through forward-only and forward+backward passes, plus backward calls."""
+
+    def __init__(self, rollout_tokens: int):
+        self.rollout_tokens = max(1, rollout_tokens)
+        self.fwd_tokens = self.bwd_tokens = self.backward_calls = 0
+
+    def forward(self, tokens: int) -> None:
+        self.fwd_tokens += tokens
+
+    def backward(self, calls: int, tokens: int) -> None:
+        self.backward_calls += calls
+        self.bwd_tokens += tokens
+
+    def as_dict(self, seconds: float, generated: int) -> dict:
+        return {"seconds": round(seconds, 3), "generated_tokens": generated,
+                "forward_backward_passes": round(self.bwd_tokens / self.rollout_tokens, 2),
+                "forward_passes": round(self.fwd_tokens / self.rollout_tokens, 2),
+                "backward_calls": self.backward_calls}
+
+
+@dataclass
+class PassContext:
+    """What every pass reads: the model (in the probe's eval mode, fused TRL log-prob head active), its blocks,
+    the rollouts and their probe / held-out split (prompt-group ids), sequence weights c_i, precision, cost."""
+
+    model: Any
+    rollouts: Any
+    config: Any  # ProbeConfig
+    precision: Any  # Precision
+    probe_groups: list[int]
+    heldout_groups: list[int]
+    progress: bool = False
+    cost: Cost = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.blocks = decoder_layers(self.model)
+        self.n_layers = len(self.blocks)
+        self.device = next(self.model.parameters()).device
+        self.weights = self.sequence_weights(self.rollouts)
+        self.heldout = self.rollouts.select_groups(self.heldout_groups)
+        self.heldout_weights = self.sequence_weights(self.heldout)
+        self.cost = Cost(int(self.rollouts.attention_mask.sum()))
+
+    def sequence_weights(self, ro) -> torch.Tensor:
+        return sequence_weights(ro.advantages, ro.completion_mask, self.config.loss_type,
+                                self.config.max_completion_length)
+
+    def logps(self, ro, rows, precision=None) -> torch.Tensor:
+        """Completion log-probs (B, T) of rows `rows` of `ro`, under the precision policy's autocast (or
+        `precision`'s)."""
+        with (precision or self.precision).autocast():
+            return completion_logps(self.model, ro.input_ids[rows].to(self.device),
+                                    ro.attention_mask[rows].to(self.device), ro.completion_mask[rows].to(self.device))
+
+    def batches(self, ro) -> list[slice]:
+        """Micro-batches of `config.batch_size` sequences, in order."""
+        bs = self.config.batch_size
+        return [slice(s, s + bs) for s in range(0, ro.input_ids.shape[0], bs)]
+
+    def group_batches(self, groups: Sequence[int]) -> list[tuple[torch.Tensor, list[tuple[int, slice]]]]:
+        """Micro-batches of whole prompt groups of `self.rollouts` (batch_size rounded up to a multiple of the group
+        size): (row indices, [(group id, rows of that group within the batch)])."""
+        g = self.rollouts.group_size
+        per = max(1, self.config.batch_size // g)
+        out = []
+        for s in range(0, len(groups), per):
+            chunk = groups[s:s + per]
+            rows = torch.cat([torch.arange(m * g, (m + 1) * g) for m in chunk])
+            out.append((rows, [(m, slice(j * g, (j + 1) * g)) for j, m in enumerate(chunk)]))
+        return out
+
+    def bar(self, items, desc: str) -> Iterator:
+        """`items` with a progress bar. On CPU, the heap is trimmed after each item: glibc otherwise keeps a
+        micro-batch's freed activations, fragmented, and a SmolLM2 sweep's resident set grows from 3.0 to 3.8 GB."""
+        from tqdm.auto import tqdm
+
+        for item in tqdm(items, desc=desc, disable=not self.progress, leave=False):
+            yield item
+            if self.device.type == "cpu":
+                trim_heap()
+
+
+def run_passes(ctx: PassContext, names: Sequence[str], meter) -> dict[str, Any]:
+    """Run `names` (from plan_passes) in order; each pass gets the results it needs as keyword arguments. After
+    each pass, results no later pass needs are `release()`d (their large tensors dropped; small arrays kept)."""
+    results: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        p = PASSES[name]
+        with meter.phase(name):
+            results[name] = p.fn(ctx, **{n: results[n] for n in p.needs})
+        still_needed = {n for later in names[i + 1:] for n in PASSES[later].needs}
+        for done, result in results.items():
+            if done not in still_needed and hasattr(result, "release"):
+                result.release()
+    return results
+
+
+@contextmanager
+def checkpointed(blocks, enabled: bool = True, reentrant: bool = True):
+    """Gradient checkpointing of every block for the probe's backwards (transformers' own checkpointing only runs in
+    train mode; the probe runs in eval mode). Reentrant for persample.BlockGradients: its first forward runs without
+    grad, so the hooks keep nothing until the recompute. Non-reentrant where torch.autograd.grad is used (captum)."""
+    if not enabled:
+        yield
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    saved = [vars(block).get("forward") for block in blocks]
+    for block in blocks:
+        def forward(hidden_states, *args, _forward=block.forward, **kwargs):
+            if not torch.is_grad_enabled() or not hidden_states.requires_grad:
+                return _forward(hidden_states, *args, **kwargs)
+            if not reentrant:
+                return checkpoint(_forward, hidden_states, *args, use_reentrant=False, **kwargs)
+            return checkpoint(lambda h: _forward(h, *args, **kwargs), hidden_states, use_reentrant=True)
+        block.forward = forward
+    try:
+        yield
+    finally:
+        for block, own in zip(blocks, saved):
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
