@@ -38,7 +38,7 @@ def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking
 
     recipe = load_recipe(task, [f"seed={seed}"] if seed is not None else [])
     task_obj = build_task(recipe)
-    pair = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+    pair = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=recipe.task)
     if ranking is not None:
         chosen = LayerRanking.load(ranking)
     else:

@@ -195,7 +195,7 @@ def train(model, task, auto_layer, top_k, ranking_file, layers, full, algo, step
         from .recipes import build_task, load_recipe
         from .training import train_layers
 
-        pair = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+        pair = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=load_recipe(task).task)
         picked = None if full else parse_layers(layers, num_layers(pair[0]))
         record = train_layers(pair, build_task(load_recipe(task)), picked, cfg, output, resume=resume,
                               progress=not quiet)
@@ -224,7 +224,7 @@ def eval_cmd(model, task, n, samples, max_new_tokens, seed, device, dtype, as_js
     from .models import load_model, model_name
     from .recipes import build_task, load_recipe
 
-    m, tok = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+    m, tok = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=load_recipe(task).task)
     result = {"model": model_name(m), "task": task,
               **evaluate(m, tok, build_task(load_recipe(task)), n=n, seed=seed, num_samples=samples,
                          max_new_tokens=max_new_tokens)}
@@ -391,7 +391,8 @@ def compare(truth_dirs, output, as_json):
 @cli.command(epilog="""Examples:
 
 \b
-  layerscout score --task code --input completions.jsonl --json
+  layerscout score --task humaneval --input completions.jsonl --json
+  layerscout score --task code --dataset my_problems.jsonl --input completions.jsonl
   layerscout score --task math --input answers.jsonl
 
 \b
@@ -399,7 +400,7 @@ Input: one JSON object per line, {"id": "HumanEval/0", "completion": "    return
 item ids (HumanEval/N, a dataset's "id", or a math question's text). Other keys in a line (e.g. "answer") stand
 in for the item's columns.
 """)
-@click.option("--task", required=True, help="task recipe name or YAML (code, math, ...)")
+@click.option("--task", required=True, help="task recipe name or YAML (humaneval, code, math, ...)")
 @click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False),
               help="JSONL of {id, completion}")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",

@@ -10,6 +10,7 @@ command uses when none is named.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -203,6 +204,19 @@ def _headroom(model, tokenizer, task, config: OrganismConfig) -> dict:
     sampled = evaluate(model, tokenizer, task, num_samples=PASS_K, **common)
     return {"heldout_accuracy": greedy["score"], "pass_at_1": sampled["score"],
             "pass_at_k": sum(r > 0 for r in sampled["per_prompt"]) / len(sampled["per_prompt"]), "k": PASS_K}
+
+
+# The organism a task's commands use when no model is named (OrganismConfig fields); other tasks: OrganismConfig().
+TASK_ORGANISMS: dict[str, dict[str, Any]] = {
+    # one-line Python functions from templated specs (tasks/code_templates.py): answers up to 34 characters
+    "code": {"task": "code", "task_options": {"source": "templates"}, "max_new_tokens": 40},
+}
+
+
+def task_organism(task: str | None) -> OrganismConfig:
+    """The default organism's config for a registered task name (TASK_ORGANISMS; the math organism otherwise).
+    Example: `default_organism_path(task_organism("code"))`."""
+    return OrganismConfig(**copy.deepcopy(TASK_ORGANISMS.get(task or "", {})))
 
 
 def default_organism_path(config: OrganismConfig | None = None, progress: bool = True) -> Path:
