@@ -429,7 +429,12 @@ def organism():
     """Small models trained here from scratch so RL has headroom (the embedded default is one)."""
 
 
-@organism.command("build", epilog="Example:\n\n  layerscout organism build --arch llama --layers 8 --seed 1 --output runs/llama8")
+@organism.command("build", epilog="""Examples:
+
+\b
+  layerscout organism build --arch llama --layers 8 --seed 1 --output runs/llama8
+  layerscout organism build --task code --layers 12 --output runs/code12   # templated one-line functions
+""")
 @click.option("--arch", default="qwen3", show_default=True, type=click.Choice(["qwen3", "qwen2", "llama"]))
 @click.option("--layers", "num_layers", default=8, show_default=True, type=int)
 @click.option("--task", default="math", show_default=True)
@@ -438,9 +443,12 @@ def organism():
 @click.option("--json", "as_json", is_flag=True)
 def organism_build(arch, num_layers, task, seed, output, as_json):
     """Train a small model by SFT until its held-out accuracy is partial (about 20-60 %)."""
-    from .organisms import OrganismConfig, build_organism
+    import dataclasses
 
-    report = build_organism(OrganismConfig(arch=arch, num_layers=num_layers, task=task, seed=seed), output)
+    from .organisms import build_organism, task_organism
+
+    config = dataclasses.replace(task_organism(task), arch=arch, num_layers=num_layers, task=task, seed=seed)
+    report = build_organism(config, output)
     _emit(report, as_json, lambda: click.echo(json.dumps(report, indent=2, default=str)))
 
 

@@ -266,6 +266,8 @@ def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list
     from .tasks import render_prompt
 
     data = task.load_prompts("train", config.train_prompts, config.seed)
+    if "answer" not in data.column_names:
+        raise LayerscoutError(f"task {task.name!r} ({task.describe()}) has no gold answers to fine-tune an organism on")
     prompts = tokenizer([render_prompt(tokenizer, p) for p in data["prompt"]], add_special_tokens=False)["input_ids"]
     return list(zip(prompts, data["answer"], strict=True))
 

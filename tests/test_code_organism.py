@@ -186,3 +186,15 @@ def test_default_code_organism_has_headroom_and_runs_rank():
     ranking = json.loads(r.stdout)
     assert ranking["model"] == str(path) and len(ranking["layers"]) == 12
     assert ranking["rollouts"]["informative_groups"] > 0
+
+
+def test_easy_functions_file_is_the_script_output_and_loads():
+    import runpy
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parent.parent / "data" / "code"
+    rows = runpy.run_path(str(data / "make_easy_functions.py"))["problems"]()
+    lines = (data / "easy_functions.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == rows and len(rows) == 240
+    task = get_task("code", dataset=str(data / "easy_functions.jsonl"))
+    assert len(task.load_prompts("train", 1000, 0)) + len(task.load_prompts("heldout", 1000, 0)) == 240

@@ -240,7 +240,8 @@ def test_rank_train_calibrate_run_on_code(organism_path, recipe, tmp_path):
         record = json.loads(r.stdout)
         assert record["task"] == "code" and record["steps"] == 1 and 0.0 < record["base_score"] < 1.0
     r = CliRunner().invoke(cli, ["calibrate", model, "--task", recipe, "--seeds", "1", "--steps", "1", "--layers", "0",
-                                 "--output", str(tmp_path / "sweep"), "--quiet", *[x if x == "-o" else f"rl.{x}" for x in RL]])
+                                 "--output", str(tmp_path / "sweep"), "--quiet", "-o", "min_gain_se=0",
+                                 *[x if x == "-o" else f"rl.{x}" for x in RL]])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["ran"] == ["0/full", "0/layer-0"]
 
