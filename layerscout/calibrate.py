@@ -98,9 +98,10 @@ def jobs(config: CalibrationConfig) -> list[dict]:
     from .models import parse_layers
     from .recipes import build_task
 
-    build_task(_recipe(config))
+    recipe = _recipe(config)
+    build_task(recipe)
     out = Path(config.output)
-    n_layers = _depth(config.model)
+    n_layers = _depth(config.model, recipe.task)
     blocks = [(f"layer-{k}", [k]) for k in parse_layers(config.layers, n_layers)]
     specs = [(seed, "full", None) for seed in config.seeds]
     specs += [(seed, name, layers) for seed in config.seeds for name, layers in blocks]
@@ -136,14 +137,15 @@ def _check_shard(i: int, n: int) -> tuple[int, int]:
     return i, n
 
 
-def _depth(model: str | None) -> int:
-    """Decoder blocks of `model`, from config.json when there is one (no weights loaded)."""
+def _depth(model: str | None, task: str) -> int:
+    """Decoder blocks of `model` (None: `task`'s default organism), from config.json when there is one (no weights
+    loaded)."""
     from .models import load_model, num_layers
 
     if model is None:
-        from .organisms import default_organism_path
+        from .organisms import default_organism_path, task_organism
 
-        model = str(default_organism_path())
+        model = str(default_organism_path(task_organism(task)))
     if (Path(model) / "config.json").is_file():
         from transformers import AutoConfig
 

@@ -321,8 +321,9 @@ def train(model, auto_layer, top_k, ranking_file, force, verify, verify_steps, l
         from .recipes import build_task, load_recipe
         from .training import train_layers
 
-        task = build_task(load_recipe(recipe, task_overrides))  # a bad task fails before the model loads
-        pair = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]))
+        loaded = load_recipe(recipe, task_overrides)
+        task = build_task(loaded)  # a bad task fails before the model loads
+        pair = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]), task=loaded.task)
         picked = None if full else parse_layers(layers, num_layers(pair[0]))
         record = train_layers(pair, task, picked, cfg, output, resume=resume, progress=progress)
     _emit(record, opts["as_json"], lambda: _print_run(record, output))
@@ -391,7 +392,7 @@ def eval_cmd(model, n, samples, max_new_tokens, **opts):
         from transformers.utils.logging import disable_progress_bar
 
         disable_progress_bar()
-    m, tok = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]))
+    m, tok = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]), task=recipe.task)
     result = {"model": model_name(m), "task": recipe.task,
               **evaluate(m, tok, task, n=n, seed=opts["seed"] or 0, num_samples=samples,
                          max_new_tokens=max_new_tokens)}
@@ -571,7 +572,8 @@ def compare(truth_dirs, output, as_json):
 @cli.command(epilog="""Examples:
 
 \b
-  layerscout score --task code --input completions.jsonl --json
+  layerscout score --task humaneval --input completions.jsonl --json
+  layerscout score --task code --dataset my_problems.jsonl --input completions.jsonl
   layerscout score --task math --input answers.jsonl
   layerscout score --dataset prompts.jsonl --reward my_reward.py:score --input completions.jsonl
 
@@ -609,7 +611,12 @@ def organism():
     """Small models trained here from scratch so RL has headroom (the embedded default is one)."""
 
 
-@organism.command("build", epilog="Example:\n\n  layerscout organism build --arch llama --layers 8 --seed 1 --output runs/llama8")
+@organism.command("build", epilog="""Examples:
+
+\b
+  layerscout organism build --arch llama --layers 8 --seed 1 --output runs/llama8
+  layerscout organism build --task code --layers 12 --output runs/code12   # templated one-line functions
+""")
 @click.option("--arch", default="qwen3", show_default=True, type=click.Choice(["qwen3", "qwen2", "llama"]))
 @click.option("--layers", "num_layers", default=8, show_default=True, type=int)
 @click.option("--task", default="math", show_default=True)
@@ -618,10 +625,13 @@ def organism():
 @click.option("--json", "as_json", is_flag=True)
 def organism_build(arch, num_layers, task, seed, output, as_json):
     """Train a small model by SFT until its held-out accuracy is partial (about 20-60 %)."""
-    from .organisms import OrganismConfig, build_organism
+    import dataclasses
+
+    from .organisms import build_organism, task_organism
 
     _writable_dir(output)
-    report = build_organism(OrganismConfig(arch=arch, num_layers=num_layers, task=task, seed=seed), output)
+    config = dataclasses.replace(task_organism(task), arch=arch, num_layers=num_layers, task=task, seed=seed)
+    report = build_organism(config, output)
     _emit(report, as_json, lambda: _echo(json.dumps(report, indent=2, default=str)))
 
 

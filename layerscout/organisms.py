@@ -10,6 +10,7 @@ command uses when none is named.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -205,6 +206,19 @@ def _headroom(model, tokenizer, task, config: OrganismConfig) -> dict:
             "pass_at_k": sum(r > 0 for r in sampled["per_prompt"]) / len(sampled["per_prompt"]), "k": PASS_K}
 
 
+# The organism a task's commands use when no model is named (OrganismConfig fields); other tasks: OrganismConfig().
+TASK_ORGANISMS: dict[str, dict[str, Any]] = {
+    # one-line Python functions from templated specs (tasks/code_templates.py): answers up to 34 characters
+    "code": {"task": "code", "task_options": {"source": "templates"}, "max_new_tokens": 40},
+}
+
+
+def task_organism(task: str | None) -> OrganismConfig:
+    """The default organism's config for a registered task name (TASK_ORGANISMS; the math organism otherwise).
+    Example: `default_organism_path(task_organism("code"))`."""
+    return OrganismConfig(**copy.deepcopy(TASK_ORGANISMS.get(task or "", {})))
+
+
 def default_organism_path(config: OrganismConfig | None = None, progress: bool = True) -> Path:
     """The default organism's directory, built on first use into cache_dir()/organisms/<config.key()>/.
 
@@ -252,6 +266,8 @@ def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list
     from .tasks import render_prompt
 
     data = task.load_prompts("train", config.train_prompts, config.seed)
+    if "answer" not in data.column_names:
+        raise LayerscoutError(f"task {task.name!r} ({task.describe()}) has no gold answers to fine-tune an organism on")
     prompts = tokenizer([render_prompt(tokenizer, p) for p in data["prompt"]], add_special_tokens=False)["input_ids"]
     return list(zip(prompts, data["answer"], strict=True))
 

@@ -151,7 +151,7 @@ def rank_layers(model: str | None = None, task: str = "math", *, overrides: list
 
     recipe = load_recipe(task, list(overrides) + ([f"seed={seed}"] if seed is not None else []))
     task_obj = build_task(recipe)
-    model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+    model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=recipe.task)
     ranking = run_probe(model_obj, tokenizer, task_obj, recipe.probe, progress=progress,
                         precision=model_precision(model_obj, dtype))
     ranking.config["recipe_version"] = recipe.version

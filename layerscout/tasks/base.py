@@ -122,17 +122,19 @@ class Task:
         "question" (the user message), optionally an "id", and any columns the reward reads."""
         raise NotImplementedError
 
-    def _check_source(self, explicit: dict[str, Any], builtin: str, dataset_hint: str) -> None:
-        """The `source` / `dataset` options agree: `dataset` alone implies source "dataset", which needs one."""
-        c = self.config
+    def _check_source(self, explicit: dict[str, Any], builtin: str | tuple[str, ...], dataset_hint: str) -> None:
+        """The `source` / `dataset` options agree: `dataset` alone implies source "dataset", which needs one;
+        `builtin` names the task's own source(s)."""
+        c, builtins = self.config, (builtin,) if isinstance(builtin, str) else builtin
         if c["dataset"] is not None and "source" not in explicit:
             c["source"] = "dataset"
-        if c["source"] not in (builtin, "dataset"):
-            raise LayerscoutError(f"{self.name} source must be one of {builtin}, dataset; got {c['source']!r}")
+        if c["source"] not in (*builtins, "dataset"):
+            raise LayerscoutError(f"{self.name} source must be one of {', '.join(builtins)}, dataset; "
+                                  f"got {c['source']!r}")
         if c["source"] == "dataset" and not c["dataset"]:
             raise LayerscoutError(f"{self.name} source 'dataset' needs the `dataset` option ({dataset_hint})")
-        if c["source"] == builtin and c["dataset"] is not None:
-            raise LayerscoutError(f"{self.name}: `dataset` is set but source is {builtin!r}; drop one of them")
+        if c["source"] in builtins and c["dataset"] is not None:
+            raise LayerscoutError(f"{self.name}: `dataset` is set but source is {c['source']!r}; drop one of them")
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items() if v is not None)
