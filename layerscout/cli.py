@@ -182,19 +182,25 @@ def _task_spec(opts: dict, task: str | None = None) -> tuple[str, list[str]]:
   layerscout rank MODEL --dataset my_prompts.jsonl --reward my_reward.py:score --algo dr_grpo
 
   layerscout rank Qwen/Qwen3-8B --dry-run --device cuda -o gradient_checkpointing=true
+
+  layerscout rank MODEL --task math --predictor my_predictor.json   # refitted with `layerscout fit`
 """)
 @click.argument("model", required=False)
 @click.option("--probe", "probe_file", type=click.Path(dir_okay=False), help="probe recipe YAML (instead of --task)")
+@click.option("--predictor", type=click.Path(dir_okay=False),
+              help="score the blocks with this fitted predictor (`layerscout fit`; \"default\": the shipped one) "
+                   "instead of the recipe's score_weights")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a recipe field, e.g. -o num_prompts=16 -o task_options.generator=chain_sum")
 @click.option("--output", type=click.Path(dir_okay=False), help="write the ranking JSON here")
 @shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log", "dry_run")
-def rank(model, probe_file, overrides, output, **opts):
+def rank(model, probe_file, predictor, overrides, output, **opts):
     """Run a short RL probe on MODEL and rank its decoder layers for single-layer RL."""
     from .records import check_writable, write_json_or_rescue
 
     recipe, task_overrides = _task_spec(opts, probe_file)
     algo = [f"loss_type={opts['algo']}"] if opts["algo"] else []
+    algo += [f"predictor={json.dumps(predictor)}"] if predictor else []
     if opts["dry_run"]:
         from .dryrun import plan_rank
         from .recipes import load_recipe
@@ -218,7 +224,10 @@ def _print_ranking(data: dict) -> None:
     main = [s for s in ("lookahead_gain", "grad_norm_rel", "grad_snr", "fisher_trace", "attribution",
                         "update_norm", "spectral_snr") if s in data["layers"][0]["signals"]]
     head = f"{'layer':>5} {'rank':>4} {'score':>6} " + " ".join(f"{s:>14}" for s in main)
-    _echo(f"model {data['model']}  task {data['task']}  algo {data['algo']}  seed {data['seed']}")
+    scoring = data["config"].get("scoring", {})
+    rule = (f"predictor {scoring['design']} ({scoring['version']})" if scoring.get("rule") == "predictor"
+            else "score_weights " + ", ".join(f"{k} {v:g}" for k, v in scoring.get("weights", {}).items()))
+    _echo(f"model {data['model']}  task {data['task']}  algo {data['algo']}  seed {data['seed']}  score: {rule}")
     _echo(head)
     for row in data["layers"]:
         vals = " ".join(f"{row['signals'][s]:>14.4g}" for s in main)
