@@ -9,6 +9,7 @@ side by side in this process with --measure-cost.
 
 Run: python benchmarks/predictor_benchmark.py calibration/runs/*          (each dir: contributions.json + ranking.json)
      python benchmarks/predictor_benchmark.py calibration/runs/* --json results/predictor_benchmark.json
+     python benchmarks/predictor_benchmark.py calibration/runs/* --measure-cost calibration/runs/qwen3-L12-grpo
 """
 
 from __future__ import annotations
@@ -75,6 +76,39 @@ def rank_cost(directory: Path) -> dict:
             "vs_sweep": rank_s / sum(r["wall_seconds"] for r in records) if records else None}
 
 
+def measure_cost(directory: Path, repeats: int = 2) -> dict:
+    """rank and one full-parameter run of the sweep's own settings (calibrate's run_job into a temporary dir that
+    holds the sweep's base eval, so the run pays what each sweep run paid), alternated `repeats` times in this
+    process: medians of each and their ratio, on the same machine under the same load."""
+    import dataclasses
+    import shutil
+    import tempfile
+    import time
+
+    from layerscout.calibrate import BASE_EVAL, MANIFEST, load_config, run_job
+    from layerscout.probe import rank_layers
+
+    config = load_config(directory / MANIFEST)
+    overrides = [f"task_options.{k}={json.dumps(v)}" for k, v in config.task_options.items()]
+    rank_s, full_s = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(directory / BASE_EVAL, Path(tmp) / BASE_EVAL)
+        for i in range(repeats):
+            start = time.perf_counter()
+            rank_layers(config.model, config.task, overrides=overrides, progress=False)
+            rank_s.append(time.perf_counter() - start)
+            job = {"id": f"cost/{i}", "seed": 0, "name": f"full-{i}", "layers": None, "command": "",
+                   "record": str(Path(tmp) / f"full-{i}.json")}
+            start = time.perf_counter()
+            run_job(dataclasses.replace(config, output=tmp), job, progress=False)
+            full_s.append(time.perf_counter() - start)
+    n_runs = len(list(directory.glob("runs/*/*.json")))
+    rank_m, full_m = float(np.median(rank_s)), float(np.median(full_s))
+    return {"rank_seconds": rank_s, "full_run_seconds": full_s, "vs_full_run": rank_m / full_m,
+            "vs_sweep": rank_m / (full_m * n_runs), "sweep_runs": n_runs,
+            "note": "vs_sweep counts every sweep run at the full run's median (single-block runs cost about as much)"}
+
+
 def fmt(cell) -> str:
     rho, share = cell["spearman"], cell["of_ceiling"]
     rho_s = "–" if not np.isfinite(rho) else f"{rho:+.2f}"
@@ -87,6 +121,8 @@ def main() -> None:
     ap.add_argument("sweeps", nargs="+", help="calibration sweep dirs (contributions.json + ranking.json)")
     ap.add_argument("--max-signals", type=int, default=2)
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--measure-cost", metavar="SWEEP_DIR", help="time rank against one full run of this sweep's "
+                                                                "settings, side by side in this process")
     args = ap.parse_args()
 
     from layerscout.predictor import NOT_FEATURES, candidates, load_sweep
@@ -113,8 +149,16 @@ def main() -> None:
         if c["vs_full_run"] is not None:
             print(f"cost of rank on {name}: {c['rank_seconds']:.0f} s = {100 * c['vs_full_run']:.1f} % of one full run "
                   f"({c['full_run_seconds']:.0f} s), {100 * c['vs_sweep']:.2f} % of the sweep ({c['sweep_seconds']:.0f} s)")
+    measured = None
+    if args.measure_cost:
+        measured = measure_cost(Path(args.measure_cost))
+        print(f"measured side by side on {Path(args.measure_cost).name}: rank {np.median(measured['rank_seconds']):.0f} s"
+              f" (median of {len(measured['rank_seconds'])}) = {100 * measured['vs_full_run']:.1f} % of one full run "
+              f"({np.median(measured['full_run_seconds']):.0f} s), {100 * measured['vs_sweep']:.2f} % of the sweep "
+              f"({measured['sweep_runs']} runs)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "costs": costs}, indent=2, default=float) + "\n")
+        Path(args.json).write_text(json.dumps({"rows": rows, "costs": costs, "measured_cost": measured}, indent=2,
+                                              default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ def build_model(arch: str, num_layers: int, vocab_size: int, seed: int, hidden_s
 @dataclass
 class OrganismConfig:
     """How to build one organism. With these defaults a qwen3 / qwen2 / llama organism samples right answers
-    often enough for GRPO to sharpen them: a full-parameter GRPO run gains about 0.2 in a few minutes."""
+    often enough for GRPO to sharpen them (12-layer qwen3 math: pass@1 0.36, pass@8 0.89). Measured: a 100-step
+    full-parameter GRPO run gains +0.10 to +0.13 (5-6 paired SE) in about a minute on 2 CPU cores (math); the
+    code organism gains +0.33 in 50 steps (calibration/README.md)."""
 
     arch: str = _f("qwen3", "decoder architecture: qwen3 | qwen2 | llama")
     num_layers: int = _f(12, "decoder blocks")
