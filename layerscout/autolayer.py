@@ -58,7 +58,7 @@ def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking
     kept = out / RANKING
     given = ranking if ranking is not None else kept if resume and kept.exists() else None
     chosen = LayerRanking.load(given) if given is not None else None  # a bad file fails before the model loads
-    pair = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+    pair = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=recipe.task)
     if chosen is None:
         chosen = run_probe(*pair, task_obj, recipe.probe, progress=progress)
     override = check_ranking_fits(chosen, pair[0], force)

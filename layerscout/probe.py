@@ -160,16 +160,10 @@ def _replay_outputs(blocks, outputs, upto: int):
             blocks[j] = block
 
 
-def informative_groups(rollouts: Rollouts) -> list[int]:
-    """Prompt groups whose completions got different rewards: the only ones that carry a policy gradient."""
-    r = rollouts.rewards.view(-1, rollouts.group_size)
-    return [m for m in range(r.shape[0]) if float(r[m].max() - r[m].min()) > 0]
-
-
 def split_groups(rollouts: Rollouts, heldout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split of prompt groups into (probe, held-out), spreading the informative groups over both."""
     rng = np.random.default_rng(seed)
-    info = informative_groups(rollouts)
+    info = rollouts.informative_groups()
     rest = [m for m in range(rollouts.num_groups) if m not in info]
     probe, held = [], []
     for groups in (info, rest):
@@ -184,7 +178,7 @@ def split_groups(rollouts: Rollouts, heldout_fraction: float, seed: int) -> tupl
 
 def check_signal(rollouts: Rollouts, config: ProbeConfig) -> None:
     """Refuse to rank from rollouts that carry no policy gradient, and say what to change."""
-    info = informative_groups(rollouts)
+    info = rollouts.informative_groups()
     mean = float(rollouts.rewards.mean())
     if not info:
         hint = ("the model never succeeds: use easier prompts, a longer max_completion_length or a stronger model"
@@ -212,17 +206,29 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
     """
     from tqdm.auto import tqdm
 
+    from .multiturn import check_algo, episode_rollouts, is_multi_turn
+
     config = config or ProbeConfig()
     signals = [get_signal(name) for name in config.signals]  # unknown names fail before any work
+    check_algo(task, config.loss_type)
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     dataset = task.load_prompts("train", config.num_prompts, config.seed)
     with tqdm(total=len(dataset), desc="rollouts", unit="prompt", disable=not progress) as bar:
-        rollouts = collect_rollouts(model, tokenizer, task, dataset, num_generations=config.num_generations,
-                                    max_completion_length=config.max_completion_length,
-                                    temperature=config.temperature, top_p=config.top_p,
-                                    loss_type=config.loss_type, batch_size=max(config.batch_size, 8),
-                                    progress=bar.update)
+        if is_multi_turn(task):  # agent: step samples of played games, GiGPO advantages, group = game (multiturn.py)
+            rollouts = episode_rollouts(model, tokenizer, task, list(dataset["answer"]),
+                                        num_generations=config.num_generations,
+                                        max_completion_length=config.max_completion_length,
+                                        temperature=config.temperature, top_p=config.top_p,
+                                        loss_type=config.loss_type,
+                                        batch_size=max(config.batch_size, config.num_prompts * config.num_generations))
+            bar.update(len(dataset))
+        else:
+            rollouts = collect_rollouts(model, tokenizer, task, dataset, num_generations=config.num_generations,
+                                        max_completion_length=config.max_completion_length,
+                                        temperature=config.temperature, top_p=config.top_p,
+                                        loss_type=config.loss_type, batch_size=max(config.batch_size, 8),
+                                        progress=bar.update)
     check_signal(rollouts, config)
     with _trainable_blocks(model), tqdm(total=_ticks(model, rollouts, config), desc="signals",
                                         disable=not progress) as bar:
@@ -237,7 +243,7 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
         seed=config.seed, cost=state.cost.as_dict(time.perf_counter() - start, rollouts.generated_tokens),
         rollouts={"prompts": rollouts.num_groups, "num_generations": rollouts.group_size,
                   "mean_reward": float(rollouts.rewards.mean()),
-                  "informative_groups": len(informative_groups(rollouts)),
+                  "informative_groups": len(rollouts.informative_groups()),
                   "probe_groups": state.probe_groups, "heldout_groups": state.heldout_groups},
         config={**vars(config), "task_version": task.version}, provenance=provenance(),
         model_fingerprint=model_fingerprint(model))
@@ -288,7 +294,7 @@ def rank_layers(model: str | None = None, task: str = "math", *, overrides: list
 
     recipe = load_recipe(task, list(overrides) + ([f"seed={seed}"] if seed is not None else []))
     task_obj = build_task(recipe)
-    model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+    model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=recipe.task)
     ranking = run_probe(model_obj, tokenizer, task_obj, recipe.probe, progress=progress)
     ranking.config["recipe_version"] = recipe.version
     ranking.config["recipe"] = recipe.name

@@ -38,12 +38,12 @@ def sequence_weights(advantages: torch.Tensor, completion_mask: torch.Tensor, lo
                      max_completion_length: int) -> torch.Tensor:
     """Per-sequence weight c_i with objective J = sum_i c_i * sum_t logp_it, matching TRL's loss normalisation.
 
-    grpo: c_i = A_i / (|y_i| * N) (token mean per sequence, then mean over sequences);
-    dr_grpo: c_i = A_i / (N * max_completion_length) (a constant normaliser, no length bias).
+    grpo (and gigpo, which normalises as GRPO): c_i = A_i / (|y_i| * N) (token mean per sequence, then mean over
+    sequences); dr_grpo: c_i = A_i / (N * max_completion_length) (a constant normaliser, no length bias).
     advantages (N,), completion_mask (N, T) -> (N,)
     """
     n = advantages.numel()
-    if loss_type == "grpo":
+    if loss_type in ("grpo", "gigpo"):
         return advantages / (completion_mask.sum(dim=1).clamp(min=1) * n)
     return advantages / (n * max_completion_length)
 
@@ -97,6 +97,11 @@ class Rollouts:
     def generated_tokens(self) -> int:
         return int(self.completion_mask.sum())
 
+    def informative_groups(self) -> list[int]:
+        """Prompt groups whose completions got different rewards: the only ones that carry a policy gradient."""
+        r = self.rewards.view(-1, self.group_size)
+        return torch.nonzero(r.amax(dim=1) > r.amin(dim=1)).flatten().tolist()
+
     def select_groups(self, groups: Sequence[int]) -> "Rollouts":
         """The sub-batch of the given prompt groups, renumbered 0..len(groups)-1."""
         keep = torch.cat([torch.nonzero(self.group == g).flatten() for g in groups])
@@ -107,7 +112,7 @@ class Rollouts:
                 out[name] = value[keep]
         out["group"] = torch.tensor([remap[int(g)] for g in self.group[keep]])
         out["completions"] = [self.completions[i] for i in keep.tolist()]
-        return Rollouts(**out)
+        return type(self)(**out)
 
 
 def generate(model, tokenizer, prompts: list[str], *, num_generations: int = 1, max_new_tokens: int = 32,
