@@ -144,9 +144,9 @@ def _depth(model: str | None, task: str) -> int:
     from .models import load_model, num_layers
 
     if model is None:
-        from .organisms import default_organism_path, organism_config
+        from .organisms import default_organism_path, task_organism
 
-        model = str(default_organism_path(organism_config(task)))
+        model = str(default_organism_path(task_organism(task)))
     if (Path(model) / "config.json").is_file():
         from transformers import AutoConfig
 

@@ -10,6 +10,7 @@ command uses when none is named.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -134,25 +135,6 @@ class OrganismConfig:
         return f"{self.arch}-L{self.num_layers}-{self.task}-s{self.seed}-{digest}"
 
 
-# Each task's own default organism (OrganismConfig fields); tasks not listed use math's. agent: TWX Simon Says with
-# three instructions, the prompt only the instruction on screen ("Simon says, 'eat apple'.", ~35 characters), so
-# prompt and action fit the 256 positions; held-out games from the training fold (TWX's other folds have other
-# objects, which a character model would have to copy unseen). The noisy labels are other valid actions of the
-# state (AgentTask.sft_examples): a step is right about label_accuracy of the time, a game of three much less often.
-TASK_ORGANISMS: dict[str, dict[str, Any]] = {
-    "agent": {"task": "agent", "task_options": {
-        "game": "simonsays", "game_params": {"gameLength": 3, "numDistractors": 2, "memorization": 0},
-        "max_turns": 3, "history": 0, "show_task": False, "show_actions": False, "heldout_fold": "train"},
-        "label_accuracy": 0.5, "max_new_tokens": 24},
-}
-
-
-def organism_config(task: str = "math") -> OrganismConfig:
-    """The default organism of `task`, which commands use when no model is named: its TASK_ORGANISMS entry, else
-    math's (`OrganismConfig()`). Example: `default_organism_path(organism_config("agent"))`."""
-    return OrganismConfig(**TASK_ORGANISMS.get(task, {}))
-
-
 def build_organism(config: OrganismConfig, output: str | Path, progress: bool = True) -> dict:
     """Train an organism per `config` and save it to `output` (a new dir, published by one atomic rename).
 
@@ -222,6 +204,26 @@ def _headroom(model, tokenizer, task, config: OrganismConfig) -> dict:
     sampled = evaluate(model, tokenizer, task, num_samples=PASS_K, **common)
     return {"heldout_accuracy": greedy["score"], "pass_at_1": sampled["score"],
             "pass_at_k": sum(r > 0 for r in sampled["per_prompt"]) / len(sampled["per_prompt"]), "k": PASS_K}
+
+
+# Each task's own default organism (OrganismConfig fields); tasks not listed use math's. agent: TWX Simon Says with
+# three instructions, the prompt only the instruction on screen ("Simon says, 'eat apple'.", ~35 characters), so
+# prompt and action fit the 256 positions; held-out games from the training fold (TWX's other folds have other
+# objects, which a character model would have to copy unseen). The noisy labels are other valid actions of the
+# state (AgentTask.sft_examples), each ending the game: a step is right about label_accuracy (0.7) of the time, a
+# game of three 0.7^3 = 0.34 (pass@1 0.34, pass@8 0.91 after 800 steps, which it reaches by then).
+TASK_ORGANISMS: dict[str, dict[str, Any]] = {
+    "agent": {"task": "agent", "task_options": {
+        "game": "simonsays", "game_params": {"gameLength": 3, "numDistractors": 2, "memorization": 0},
+        "max_turns": 3, "history": 0, "show_task": False, "show_actions": False, "heldout_fold": "train"},
+        "label_accuracy": 0.7, "max_steps": 800, "max_new_tokens": 24},
+}
+
+
+def task_organism(task: str | None) -> OrganismConfig:
+    """The default organism's config for a registered task name, which commands use when no model is named
+    (TASK_ORGANISMS; the math organism otherwise). Example: `default_organism_path(task_organism("agent"))`."""
+    return OrganismConfig(**copy.deepcopy(TASK_ORGANISMS.get(task or "", {})))
 
 
 def default_organism_path(config: OrganismConfig | None = None, progress: bool = True) -> Path:

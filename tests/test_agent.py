@@ -359,7 +359,7 @@ def dense_recipe(tmp_path, tok, monkeypatch):
     recipe = tmp_path / "dense.yaml"
     recipe.write_text(json.dumps({"task": "agent-dense", "metadata": {"version": 1}, "task_options": COIN,
                                   "probe": {"num_prompts": 4, "num_generations": 2, "max_completion_length": 6,
-                                            "loss_type": "gigpo"}}))
+                                            "loss_type": "gigpo", "signals": ["grad_norm", "attribution"]}}))
     return model_dir, recipe
 
 
@@ -380,19 +380,19 @@ def test_cli_rank_and_auto_layer_on_an_agent_task(dense_recipe, tmp_path):
 
 def test_the_agent_recipe_plays_the_agent_organisms_games():
     """`rank --task agent` with no model probes the agent organism: the recipe must pose the games it learned."""
-    from layerscout.organisms import OrganismConfig, organism_config
+    from layerscout.organisms import OrganismConfig, task_organism
 
-    recipe, organism = load_recipe("agent"), organism_config("agent")
+    recipe, organism = load_recipe("agent"), task_organism("agent")
     assert organism.task == "agent" and organism.arch == "qwen3" and organism.num_layers == 12
     assert AgentTask(**recipe.task_options).config == AgentTask(**organism.task_options).config
-    assert recipe.probe.loss_type == "gigpo" and organism_config("math") == organism_config("code") == OrganismConfig()
+    assert recipe.probe.loss_type == "gigpo" and task_organism("math") == task_organism(None) == OrganismConfig()
 
 
 def test_cli_calibrate_with_gigpo(dense_recipe, tmp_path):
     model_dir, recipe = dense_recipe
     rl = {k: v for k, v in TINY.items() if k not in ("max_steps", "loss_type", "save_steps")}
     r = CliRunner().invoke(cli, ["calibrate", str(model_dir), "--task", str(recipe), "--algo", "gigpo", "--layers", "1",
-                                 "--seeds", "1", "--steps", "1", "--output", str(tmp_path / "cal"), "--quiet",
+                                 "--seeds", "1", "--steps", "1", "--output", str(tmp_path / "cal"), "--quiet", "--json",
                                  "-o", "min_gain_se=0", *[f"-orl.{k}={v}" for k, v in rl.items()]])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["ran"] == ["0/full", "0/layer-1"]
@@ -408,13 +408,13 @@ def test_cli_calibrate_with_gigpo(dense_recipe, tmp_path):
 def test_no_model_named_means_the_tasks_own_organism(tok, tmp_path, monkeypatch):
     """`--task agent` without a model loads the agent organism from the cache (a stand-in saved at its path here, so
     nothing is built); math keeps its own."""
-    from layerscout.organisms import organism_config
+    from layerscout.organisms import task_organism
 
     monkeypatch.setenv("LAYERSCOUT_CACHE", str(tmp_path))
-    path = tmp_path / "organisms" / organism_config("agent").key()
+    path = tmp_path / "organisms" / task_organism("agent").key()
     fresh(tok, layers=2).save_pretrained(path)
     tok.save_pretrained(path)
     r = CliRunner().invoke(cli, ["eval", "--task", "agent", "-n", "2", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["model"] == str(path) and organism_config("agent").key().startswith("qwen3-L12-agent-")
-    assert organism_config("math").key() != organism_config("agent").key()
+    assert json.loads(r.stdout)["model"] == str(path) and task_organism("agent").key().startswith("qwen3-L12-agent-")
+    assert task_organism("math").key() != task_organism("agent").key()
