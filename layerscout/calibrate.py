@@ -47,7 +47,7 @@ class CalibrationConfig:
                             "| float16; trained blocks are held in fp32 either way")
     task: str = _f("math", "probe recipe name or YAML path: its task, options and metadata.version")
     task_options: dict[str, Any] = _f({}, "override the recipe's task_options, e.g. {dataset: openai/gsm8k}")
-    algo: str = _f("grpo", "loss_type of every run: grpo | dr_grpo")
+    algo: str = _f("grpo", "loss_type of every run: grpo | dr_grpo | gigpo (multi-turn tasks)")
     layers: str = _f("all", "blocks to scan, one single-block run each: all, 0,4,8, 0-4, ::3")
     seeds: list[int] = _f([0, 1, 2], "seeds; each gets one full run and one run per scanned block")
     steps: int = _f(100, "GRPO steps of every run (RLConfig.max_steps)")
@@ -98,9 +98,12 @@ def jobs(config: CalibrationConfig) -> list[dict]:
     from .models import parse_layers
     from .recipes import build_task
 
-    build_task(_recipe(config))
+    from .multiturn import check_supported
+
+    recipe = _recipe(config)
+    check_supported(build_task(recipe), config.rl_config(config.seeds[0]))
     out = Path(config.output)
-    n_layers = _depth(config.model)
+    n_layers = _depth(config.model, recipe.task)
     blocks = [(f"layer-{k}", [k]) for k in parse_layers(config.layers, n_layers)]
     specs = [(seed, "full", None) for seed in config.seeds]
     specs += [(seed, name, layers) for seed in config.seeds for name, layers in blocks]
@@ -136,14 +139,15 @@ def _check_shard(i: int, n: int) -> tuple[int, int]:
     return i, n
 
 
-def _depth(model: str | None) -> int:
-    """Decoder blocks of `model`, from config.json when there is one (no weights loaded)."""
+def _depth(model: str | None, task: str) -> int:
+    """Decoder blocks of `model` (None: `task`'s default organism), from config.json when there is one (no weights
+    loaded)."""
     from .models import load_model, num_layers
 
     if model is None:
-        from .organisms import default_organism_path
+        from .organisms import default_organism_path, task_organism
 
-        model = str(default_organism_path())
+        model = str(default_organism_path(task_organism(task)))
     if (Path(model) / "config.json").is_file():
         from transformers import AutoConfig
 

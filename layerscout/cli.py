@@ -182,6 +182,8 @@ def _task_spec(opts: dict, task: str | None = None) -> tuple[str, list[str]]:
   layerscout rank MODEL --dataset my_prompts.jsonl --reward my_reward.py:score --algo dr_grpo
 
   layerscout rank Qwen/Qwen3-8B --dry-run --device cuda -o gradient_checkpointing=true
+
+  layerscout rank --task agent --algo gigpo         # the agent organism: GiGPO over played games
 """)
 @click.argument("model", required=False)
 @click.option("--probe", "probe_file", type=click.Path(dir_okay=False), help="probe recipe YAML (instead of --task)")
@@ -322,7 +324,7 @@ def train(model, auto_layer, top_k, ranking_file, force, verify, verify_steps, l
         from .training import train_layers
 
         task = build_task(load_recipe(recipe, task_overrides))  # a bad task fails before the model loads
-        pair = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]))
+        pair = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]), task=task.name)
         picked = None if full else parse_layers(layers, num_layers(pair[0]))
         record = train_layers(pair, task, picked, cfg, output, resume=resume, progress=progress)
     _emit(record, opts["as_json"], lambda: _print_run(record, output))
@@ -391,7 +393,7 @@ def eval_cmd(model, n, samples, max_new_tokens, **opts):
         from transformers.utils.logging import disable_progress_bar
 
         disable_progress_bar()
-    m, tok = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]))
+    m, tok = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]), task=recipe.task)
     result = {"model": model_name(m), "task": recipe.task,
               **evaluate(m, tok, task, n=n, seed=opts["seed"] or 0, num_samples=samples,
                          max_new_tokens=max_new_tokens)}
@@ -441,6 +443,7 @@ def export(ranking_file, fmt, top_k, model):
   layerscout calibrate --config sweep.yaml --launcher ray --ray-address auto --json
   layerscout calibrate MODEL --dataset prompts.jsonl --reward my_reward.py:score --seeds 2 --output truth/mine
   accelerate launch --num_processes 4 -m layerscout.cli calibrate --config truth/mine/sweep.json --shard 0/9
+  layerscout calibrate --config calibration/sweeps/agent-qwen3-gigpo.yaml --shard 0/39   # seed 0's full run
 """)
 @click.argument("model", required=False)
 @click.option("--layers", help="blocks to scan: all | 0,4,8 | 0-4 | ::3")

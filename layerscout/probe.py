@@ -37,8 +37,11 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
     >>> ranking = run_probe(*load_model(None), get_task("math"))   # doctest: +SKIP
     >>> ranking.top(3)                                              # doctest: +SKIP
     """
+    from .multiturn import check_algo
+
     config = config or ProbeConfig()
     signals = [get_signal(name) for name in config.signals]  # unknown names fail before any work
+    check_algo(task, config.loss_type)
     passes = plan_passes([n for s in signals for n in s.needs])
     precision = precision or model_precision(model)
     meter = MemoryMeter(next(model.parameters()).device)
@@ -73,10 +76,23 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
 
 
 def _rollouts(model, tokenizer, task, config: ProbeConfig, precision: Precision, progress: bool) -> Rollouts:
+    """One round of rollouts: sampled completions of prompt groups, or, for a multi-turn task, the step samples of
+    played games with GiGPO advantages, one group per game (multiturn.StepRollouts: groups differ in rows)."""
     from tqdm.auto import tqdm
+
+    from .multiturn import episode_rollouts, is_multi_turn
 
     dataset = task.load_prompts("train", config.num_prompts, config.seed)
     with tqdm(total=len(dataset), desc="rollouts", unit="prompt", disable=not progress) as bar:
+        if is_multi_turn(task):
+            rollouts = episode_rollouts(model, tokenizer, task, list(dataset["answer"]),
+                                        num_generations=config.num_generations,
+                                        max_completion_length=config.max_completion_length,
+                                        temperature=config.temperature, top_p=config.top_p,
+                                        loss_type=config.loss_type, precision=precision,
+                                        batch_size=max(config.batch_size, config.num_prompts * config.num_generations))
+            bar.update(len(dataset))
+            return rollouts
         return collect_rollouts(model, tokenizer, task, dataset, num_generations=config.num_generations,
                                 max_completion_length=config.max_completion_length,
                                 temperature=config.temperature, top_p=config.top_p, loss_type=config.loss_type,
@@ -151,7 +167,7 @@ def rank_layers(model: str | None = None, task: str = "math", *, overrides: list
 
     recipe = load_recipe(task, list(overrides) + ([f"seed={seed}"] if seed is not None else []))
     task_obj = build_task(recipe)
-    model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype))
+    model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=recipe.task)
     ranking = run_probe(model_obj, tokenizer, task_obj, recipe.probe, progress=progress,
                         precision=model_precision(model_obj, dtype))
     ranking.config["recipe_version"] = recipe.version

@@ -50,8 +50,8 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
     start = time.perf_counter()
     config = config or RLConfig()
     out = check_output_dir(output_dir, resume)
-    model, tokenizer, base_id, in_memory = _setup_model(model)
     task = _setup_task(task)
+    model, tokenizer, base_id, in_memory = _setup_model(model, task.name)
     check_supported(task, config)
     identity = run_identity(model, task, layers, config)
     finished = _check_resume(out, identity, resume)
@@ -255,12 +255,13 @@ def _progress_bars(enabled: bool):
         (logging.enable_progress_bar if was else logging.disable_progress_bar)()
 
 
-def _setup_model(model: Any) -> tuple[Any, Any, str, bool]:
-    """(model, tokenizer, base id, in_memory) from a spec, a path or an in-memory (model, tokenizer) pair."""
+def _setup_model(model: Any, task: str) -> tuple[Any, Any, str, bool]:
+    """(model, tokenizer, base id, in_memory) from a spec, a path (None: `task`'s default organism) or an in-memory
+    (model, tokenizer) pair."""
     from .models import load_model, model_name
 
     in_memory = isinstance(model, tuple)
-    model, tokenizer = model if in_memory else load_model(model)
+    model, tokenizer = model if in_memory else load_model(model, task=task)
     if getattr(model, "hf_quantizer", None) is not None:
         raise LayerscoutError("the model is still flagged as quantized; load it through layerscout.load_model")
     return model, tokenizer, model_name(model), in_memory
