@@ -80,7 +80,7 @@ def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking
     kept = out / RANKING
     given = ranking if ranking is not None else kept if resume and kept.exists() else None
     chosen = LayerRanking.load(given) if given is not None else None  # a bad file fails before the model loads
-    base = _BaseModel(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=recipe.task)
+    base = _BaseModel(ModelSpec(name_or_path=model, device=device, dtype=dtype), recipe.task)
     depth = num_layers(base.get()[0])
     if verify is not None and verify > depth:  # before the probe: a bad K fails now
         raise LayerscoutError(f"verify must be in 1..{depth} (the model's depth); got {verify}")
@@ -148,7 +148,7 @@ class _BaseModel:
     """The base (model, tokenizer) for each run: the one in memory while no run has trained it, else a fresh load
     once the trained one is freed. Callers hold no reference of their own, so a trained model can go."""
 
-    def __init__(self, spec, task: str | None = None) -> None:
+    def __init__(self, spec, task: str) -> None:
         self.spec, self.task, self.pair = spec, task, None
 
     def get(self):

@@ -184,19 +184,25 @@ def _task_spec(opts: dict, task: str | None = None) -> tuple[str, list[str]]:
   layerscout rank Qwen/Qwen3-8B --dry-run --device cuda -o gradient_checkpointing=true
 
   layerscout rank --task agent --algo gigpo         # the agent organism: GiGPO over played games
+
+  layerscout rank MODEL --task math --predictor my_predictor.json   # refitted with `layerscout fit`
 """)
 @click.argument("model", required=False)
 @click.option("--probe", "probe_file", type=click.Path(dir_okay=False), help="probe recipe YAML (instead of --task)")
+@click.option("--predictor", type=click.Path(dir_okay=False),
+              help="score the blocks with this fitted predictor (`layerscout fit`; \"default\": the shipped one) "
+                   "instead of the recipe's score_weights")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a recipe field, e.g. -o num_prompts=16 -o task_options.generator=chain_sum")
 @click.option("--output", type=click.Path(dir_okay=False), help="write the ranking JSON here")
 @shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log", "dry_run")
-def rank(model, probe_file, overrides, output, **opts):
+def rank(model, probe_file, predictor, overrides, output, **opts):
     """Run a short RL probe on MODEL and rank its decoder layers for single-layer RL."""
     from .records import check_writable, write_json_or_rescue
 
     recipe, task_overrides = _task_spec(opts, probe_file)
     algo = [f"loss_type={opts['algo']}"] if opts["algo"] else []
+    algo += [f"predictor={json.dumps(predictor)}"] if predictor else []
     if opts["dry_run"]:
         from .dryrun import plan_rank
         from .recipes import load_recipe
@@ -220,7 +226,10 @@ def _print_ranking(data: dict) -> None:
     main = [s for s in ("lookahead_gain", "grad_norm_rel", "grad_snr", "fisher_trace", "attribution",
                         "update_norm", "spectral_snr") if s in data["layers"][0]["signals"]]
     head = f"{'layer':>5} {'rank':>4} {'score':>6} " + " ".join(f"{s:>14}" for s in main)
-    _echo(f"model {data['model']}  task {data['task']}  algo {data['algo']}  seed {data['seed']}")
+    scoring = data["config"].get("scoring", {})
+    rule = (f"predictor {scoring['design']} ({scoring['version']})" if scoring.get("rule") == "predictor"
+            else "score_weights " + ", ".join(f"{k} {v:g}" for k, v in scoring.get("weights", {}).items()))
+    _echo(f"model {data['model']}  task {data['task']}  algo {data['algo']}  seed {data['seed']}  score: {rule}")
     _echo(head)
     for row in data["layers"]:
         vals = " ".join(f"{row['signals'][s]:>14.4g}" for s in main)
@@ -323,8 +332,9 @@ def train(model, auto_layer, top_k, ranking_file, force, verify, verify_steps, l
         from .recipes import build_task, load_recipe
         from .training import train_layers
 
-        task = build_task(load_recipe(recipe, task_overrides))  # a bad task fails before the model loads
-        pair = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]), task=task.name)
+        loaded = load_recipe(recipe, task_overrides)
+        task = build_task(loaded)  # a bad task fails before the model loads
+        pair = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]), task=loaded.task)
         picked = None if full else parse_layers(layers, num_layers(pair[0]))
         record = train_layers(pair, task, picked, cfg, output, resume=resume, progress=progress)
     _emit(record, opts["as_json"], lambda: _print_run(record, output))
@@ -574,7 +584,8 @@ def compare(truth_dirs, output, as_json):
 @cli.command(epilog="""Examples:
 
 \b
-  layerscout score --task code --input completions.jsonl --json
+  layerscout score --task humaneval --input completions.jsonl --json
+  layerscout score --task code --dataset my_problems.jsonl --input completions.jsonl
   layerscout score --task math --input answers.jsonl
   layerscout score --dataset prompts.jsonl --reward my_reward.py:score --input completions.jsonl
 
@@ -612,7 +623,12 @@ def organism():
     """Small models trained here from scratch so RL has headroom (the embedded default is one)."""
 
 
-@organism.command("build", epilog="Example:\n\n  layerscout organism build --arch llama --layers 8 --seed 1 --output runs/llama8")
+@organism.command("build", epilog="""Examples:
+
+\b
+  layerscout organism build --arch llama --layers 8 --seed 1 --output runs/llama8
+  layerscout organism build --task code --layers 12 --output runs/code12   # templated one-line functions
+""")
 @click.option("--arch", default="qwen3", show_default=True, type=click.Choice(["qwen3", "qwen2", "llama"]))
 @click.option("--layers", "num_layers", default=8, show_default=True, type=int)
 @click.option("--task", default="math", show_default=True)
@@ -621,10 +637,13 @@ def organism():
 @click.option("--json", "as_json", is_flag=True)
 def organism_build(arch, num_layers, task, seed, output, as_json):
     """Train a small model by SFT until its held-out accuracy is partial (about 20-60 %)."""
-    from .organisms import OrganismConfig, build_organism
+    import dataclasses
+
+    from .organisms import build_organism, task_organism
 
     _writable_dir(output)
-    report = build_organism(OrganismConfig(arch=arch, num_layers=num_layers, task=task, seed=seed), output)
+    config = dataclasses.replace(task_organism(task), arch=arch, num_layers=num_layers, task=task, seed=seed)
+    report = build_organism(config, output)
     _emit(report, as_json, lambda: _echo(json.dumps(report, indent=2, default=str)))
 
 

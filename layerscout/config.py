@@ -59,9 +59,14 @@ class ProbeConfig:
                                              "one more forward, for a fraction of the activation memory")
     signals: list[str] = _f(
         ["grad_norm", "grad_norm_per_param", "grad_norm_rel", "fisher_trace", "grad_snr", "update_norm",
-         "attribution", "lookahead_gain", "depth_prior", "spectral_snr"],
-        "signals to compute (see `layerscout signals ls`)",
+         "attribution", "own_attribution", "taylor_saliency", "natural_grad", "lookahead_gain", "depth_prior",
+         "spectral_snr", *(f"{s}_depthres" for s in ("grad_norm", "fisher_trace", "grad_snr", "attribution",
+                                                     "taylor_saliency", "natural_grad"))],
+        "signals to compute (see `layerscout signals ls`); a predictor's own signals are added",
     )
+    predictor: str | None = _f(
+        None, "score the blocks with a fitted predictor instead of score_weights: a JSON file from `layerscout "
+              "fit`, or \"default\" for the one shipped in probes/predictor.json")
     score_weights: dict[str, float] = _f(
         {"attribution": 1.0},
         "ranking score = weighted mean of these signals' within-model percentile ranks. Default: attribution "
@@ -90,7 +95,12 @@ class ProbeConfig:
 
         for name in self.signals:
             get_signal(name)
-        unknown = set(self.score_weights) - set(self.signals)
+        if self.predictor is not None:
+            from .predictor import load_predictor  # a missing or bad file fails here
+
+            for name in load_predictor(self.predictor).signals:
+                get_signal(name)
+        unknown = set(self.score_weights) - set(self.signals) if self.predictor is None else ()
         if unknown:
             raise LayerscoutError(f"score_weights name signals not in `signals`: {', '.join(sorted(unknown))}")
 

@@ -206,13 +206,16 @@ def _headroom(model, tokenizer, task, config: OrganismConfig) -> dict:
             "pass_at_k": sum(r > 0 for r in sampled["per_prompt"]) / len(sampled["per_prompt"]), "k": PASS_K}
 
 
-# Each task's own default organism (OrganismConfig fields); tasks not listed use math's. agent: TWX Simon Says with
-# three instructions, the prompt only the instruction on screen ("Simon says, 'eat apple'.", ~35 characters), so
-# prompt and action fit the 256 positions; held-out games from the training fold (TWX's other folds have other
-# objects, which a character model would have to copy unseen). The noisy labels are other valid actions of the
-# state (AgentTask.sft_examples), each ending the game: a step is right about label_accuracy (0.7) of the time, a
-# game of three 0.7^3 = 0.34 (pass@1 0.34, pass@8 0.91 after 800 steps, which it reaches by then).
+# The organism a task's commands use when no model is named (OrganismConfig fields); other tasks: OrganismConfig().
 TASK_ORGANISMS: dict[str, dict[str, Any]] = {
+    "math": {},  # the OrganismConfig defaults: 2-term arithmetic on 1-digit numbers
+    # one-line Python functions from templated specs (tasks/code_templates.py): answers up to 34 characters
+    "code": {"task": "code", "task_options": {"source": "templates"}, "max_new_tokens": 40},
+    # TWX Simon Says with three instructions, the prompt only the instruction on screen ("Simon says, 'eat apple'.",
+    # ~35 characters), so prompt and action fit the 256 positions; held-out games from the training fold (TWX's
+    # other folds have other objects, which a character model would have to copy unseen). The noisy labels are other
+    # valid actions of the state (AgentTask.sft_examples), each ending the game: a step is right about label_accuracy
+    # (0.7) of the time, a game of three 0.7^3 = 0.34 (pass@1 0.34, pass@8 0.91 after 800 steps, which it reaches).
     "agent": {"task": "agent", "task_options": {
         "game": "simonsays", "game_params": {"gameLength": 3, "numDistractors": 2, "memorization": 0},
         "max_turns": 3, "history": 0, "show_task": False, "show_actions": False, "heldout_fold": "train"},
@@ -221,8 +224,8 @@ TASK_ORGANISMS: dict[str, dict[str, Any]] = {
 
 
 def task_organism(task: str | None) -> OrganismConfig:
-    """The default organism's config for a registered task name, which commands use when no model is named
-    (TASK_ORGANISMS; the math organism otherwise). Example: `default_organism_path(task_organism("agent"))`."""
+    """The default organism's config for a registered task name (TASK_ORGANISMS; the math organism otherwise).
+    Example: `default_organism_path(task_organism("agent"))`."""
     return OrganismConfig(**copy.deepcopy(TASK_ORGANISMS.get(task or "", {})))
 
 

@@ -297,6 +297,19 @@ class FittedPredictor:
                    coef=None if d["coef"] is None else np.asarray(d["coef"], dtype=float),
                    intercept=d["intercept"], provenance=d.get("provenance", {}))
 
+    @property
+    def version(self) -> str:
+        """First 12 hex digits of the SHA-256 of its JSON form: what a ranking records."""
+        import hashlib
+
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def describe(self) -> dict:
+        """The ranking's record of the scoring rule: design, version, the sweeps it was fitted on."""
+        return {"rule": "predictor", "design": self.candidate.label, "version": self.version,
+                "fitted_on": [s["dir"] for s in self.provenance.get("sweeps", [])],
+                "git_commit": self.provenance.get("git_commit")}
+
     @classmethod
     def load(cls, path: str | Path) -> "FittedPredictor":
         try:
@@ -305,6 +318,21 @@ class FittedPredictor:
             raise LayerscoutError(f"no such predictor file: {path}") from None
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise LayerscoutError(f"{path}: not a layerscout predictor ({e})") from None
+
+
+SHIPPED = "predictor.json"  # in probes/ (package data layerscout._probes)
+
+
+def load_predictor(spec: str | None) -> FittedPredictor | None:
+    """A ProbeConfig.predictor value -> the predictor: None (score_weights rule), "default" (the one shipped in
+    probes/predictor.json) or a JSON path from `layerscout fit`."""
+    if spec is None:
+        return None
+    if spec == "default":
+        from .recipes import builtin_dir
+
+        return FittedPredictor.load(builtin_dir() / SHIPPED)
+    return FittedPredictor.load(spec)
 
 
 # ---------------------------------------------------------------- fitting from sweep dirs

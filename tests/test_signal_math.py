@@ -7,8 +7,8 @@ import torch
 
 from layerscout.errors import LayerscoutError
 from layerscout.ranking import combine_signals, ranks_from_scores
-from layerscout.signals.baselines import depth_prior, percentile_ranks, spectrum_snr
-from layerscout.signals.gradients import block_sq_norms, gradient_snr
+from layerscout.signals.baselines import depth_prior, depth_residual, percentile_ranks, spectrum_snr
+from layerscout.signals.gradients import block_sq_norms, gradient_snr, isotropic_natural_norm
 from layerscout.signals.updates import adam_step
 
 
@@ -90,3 +90,30 @@ def test_passes_are_planned_from_the_signals_needs_in_registration_order():
     assert plan_passes(needs) == ["grad_sweep", "update_steps", "depth", "spectrum"]
     with pytest.raises(LayerscoutError, match="unknown pass 'grad_swep'"):
         plan_passes(["grad_swep"])
+
+
+def test_depth_residual_removes_a_log_linear_depth_trend_and_keeps_the_rest():
+    d = np.linspace(0, 1, 5)
+    np.testing.assert_allclose(depth_residual(np.exp(1.0 + 2.0 * d)), 0.0, atol=1e-12)
+    # a bump on block 2 over the same trend: log values 1+2d plus (0, 0, 1, 0, 0); the line through them has
+    # slope 2 and intercept 1.2 (the bump's mean 0.2 at d = 0.5, no slope), so residuals are -0.2 ... 0.8 ... -0.2
+    bumped = np.exp(1.0 + 2.0 * d + np.array([0, 0, 1.0, 0, 0]))
+    np.testing.assert_allclose(depth_residual(bumped), [-0.2, -0.2, 0.8, -0.2, -0.2], atol=1e-12)
+    # a signal with zeros is residualised on its own scale
+    np.testing.assert_allclose(depth_residual(np.array([0.0, 1.0, 2.0])), 0.0, atol=1e-12)
+
+
+def test_isotropic_natural_norm_by_hand():
+    # ||g||² = 4, d = 10, tr F = 2 -> gᵀ((trF/d) I)⁻¹ g = 4 * 10 / 2 = 20; zero Fisher -> 0
+    out = isotropic_natural_norm(np.array([4.0, 1.0]), np.array([2.0, 0.0]), np.array([10.0, 3.0]))
+    np.testing.assert_allclose(out, [20.0, 0.0])
+
+
+def test_depth_residualised_signals_are_registered_with_their_base_signal_needs():
+    from layerscout.signals import DEPTH_RESIDUALISED, get_signal
+
+    for name in DEPTH_RESIDUALISED:
+        assert get_signal(f"{name}_depthres").needs == get_signal(name).needs
+    trend = get_signal("grad_norm_depthres").fn
+    sweep = type("S", (), {"pg_sq_norm": np.exp(2 * (1.0 + 2.0 * np.linspace(0, 1, 4)))})()
+    np.testing.assert_allclose(trend(grad_sweep=sweep), 0.0, atol=1e-12)

@@ -47,3 +47,17 @@ def list_signals() -> list[Signal]:
 
 # registration; order = pass execution order (gradients, then updates that reuse them, then the rest)
 from . import gradients, updates, attribution, baselines  # noqa: E402,F401,I001
+
+
+# Depth-residualised versions of the position-biased per-block statistics (baselines.depth_residual).
+DEPTH_RESIDUALISED = ("grad_norm", "fisher_trace", "grad_snr", "attribution", "taylor_saliency", "natural_grad")
+
+
+def _register_depth_residualised() -> None:
+    for name in DEPTH_RESIDUALISED:
+        base = SIGNALS[name]
+        register_signal(f"{name}_depthres", f"{name} with its log-linear trend in relative depth removed",
+                        needs=base.needs)(lambda _fn=base.fn, **results: baselines.depth_residual(_fn(**results)))
+
+
+_register_depth_residualised()

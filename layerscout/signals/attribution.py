@@ -48,3 +48,42 @@ def attribution_pass(ctx) -> np.ndarray:
                  needs=("attribution",))
 def attribution(attribution: np.ndarray) -> np.ndarray:
     return attribution
+
+
+@register_pass("own_attribution", "gradient × each block's own update of the residual stream (output − input)",
+               needs=())
+def own_attribution_pass(ctx) -> np.ndarray:
+    """Σ |(h_out − h_in) · ∂F/∂h_out| per block, mean over sequences. At the block's output the residual stream
+    carries every block below it, so output attribution grows with depth; the block's own write (h_out − h_in) does
+    not. Hooks keep each block's input and output; one torch.autograd.grad per micro-batch gives ∂F/∂h_out."""
+    ro = ctx.rollouts
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep(module, args, kwargs, output):
+        h_in = args[0] if args else kwargs["hidden_states"]
+        seen.append((h_in, output[0] if isinstance(output, (tuple, list)) else output))
+
+    hooks = [ctx.blocks[0].register_forward_pre_hook(input_requires_grad, with_kwargs=True)]
+    hooks += [b.register_forward_hook(keep, with_kwargs=True) for b in ctx.blocks]
+    mass = torch.zeros(ctx.n_layers, dtype=torch.float64, device=ctx.device)
+    try:
+        with checkpointed(ctx.blocks, ctx.config.gradient_checkpointing, reentrant=False):
+            for sl in ctx.bar(ctx.batches(ro), "own attribution"):
+                seen.clear()
+                w = (ctx.weights[sl] * ro.input_ids.shape[0]).to(ctx.device, torch.float32)
+                objective = (ctx.logps(ro, sl).sum(dim=1) * w).sum()
+                grads = torch.autograd.grad(objective, [out for _, out in seen])
+                for k, ((h_in, h_out), g) in enumerate(zip(seen, grads)):
+                    mass[k] += ((h_out - h_in).detach().double() * g.double()).abs().sum()
+                ctx.cost.backward(1, int(ro.attention_mask[sl].sum()))
+    finally:
+        seen.clear()
+        for h in hooks:
+            h.remove()
+    return mass.cpu().numpy() / ro.input_ids.shape[0]
+
+
+@register_signal("own_attribution", "gradient × block k's own write to the residual stream (output − input): "
+                 "attribution of the block itself, not of everything below it", needs=("own_attribution",))
+def own_attribution(own_attribution: np.ndarray) -> np.ndarray:
+    return own_attribution

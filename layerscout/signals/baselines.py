@@ -22,6 +22,19 @@ def depth_prior(n_layers: int) -> np.ndarray:
     return 1.0 - np.abs(2 * np.arange(n_layers) - (n_layers - 1)) / (n_layers - 1)  # integers: mirror blocks tie
 
 
+def depth_residual(values: np.ndarray) -> np.ndarray:
+    """What a signal says beyond depth: log(values) minus its least-squares line in relative depth (0 .. 1) over
+    the model's blocks (plain values when any is <= 0). Pre-LN stacks grow gradient and activation scales with
+    depth, so raw per-block statistics partly rank by position; the residual keeps the rest. (L,) -> (L,)."""
+    v = np.asarray(values, dtype=float)
+    y = np.log(v) if (v > 0).all() else v
+    if len(y) < 3:
+        return y - y.mean()
+    d = np.linspace(0.0, 1.0, len(y))
+    slope, intercept = np.polyfit(d, y, 1)
+    return y - (slope * d + intercept)
+
+
 def spectrum_snr(weight: torch.Tensor) -> float:
     """Spectrum's snr_ratio of one (n, m) matrix; inf when nothing falls below the edge."""
     s = torch.linalg.svdvals(weight.detach().double())

