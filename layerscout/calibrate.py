@@ -47,7 +47,7 @@ class CalibrationConfig:
                             "| float16; trained blocks are held in fp32 either way")
     task: str = _f("math", "probe recipe name or YAML path: its task, options and metadata.version")
     task_options: dict[str, Any] = _f({}, "override the recipe's task_options, e.g. {dataset: openai/gsm8k}")
-    algo: str = _f("grpo", "loss_type of every run: grpo | dr_grpo")
+    algo: str = _f("grpo", "loss_type of every run: grpo | dr_grpo | gigpo (multi-turn tasks)")
     layers: str = _f("all", "blocks to scan, one single-block run each: all, 0,4,8, 0-4, ::3")
     seeds: list[int] = _f([0, 1, 2], "seeds; each gets one full run and one run per scanned block")
     steps: int = _f(100, "GRPO steps of every run (RLConfig.max_steps)")
@@ -98,8 +98,10 @@ def jobs(config: CalibrationConfig) -> list[dict]:
     from .models import parse_layers
     from .recipes import build_task
 
+    from .multiturn import check_supported
+
     recipe = _recipe(config)
-    build_task(recipe)
+    check_supported(build_task(recipe), config.rl_config(config.seeds[0]))
     out = Path(config.output)
     n_layers = _depth(config.model, recipe.task)
     blocks = [(f"layer-{k}", [k]) for k in parse_layers(config.layers, n_layers)]

@@ -183,6 +183,8 @@ def _task_spec(opts: dict, task: str | None = None) -> tuple[str, list[str]]:
 
   layerscout rank Qwen/Qwen3-8B --dry-run --device cuda -o gradient_checkpointing=true
 
+  layerscout rank --task agent --algo gigpo         # the agent organism: GiGPO over played games
+
   layerscout rank MODEL --task math --predictor my_predictor.json   # refitted with `layerscout fit`
 """)
 @click.argument("model", required=False)
@@ -451,6 +453,7 @@ def export(ranking_file, fmt, top_k, model):
   layerscout calibrate --config sweep.yaml --launcher ray --ray-address auto --json
   layerscout calibrate MODEL --dataset prompts.jsonl --reward my_reward.py:score --seeds 2 --output truth/mine
   accelerate launch --num_processes 4 -m layerscout.cli calibrate --config truth/mine/sweep.json --shard 0/9
+  layerscout calibrate --config calibration/sweeps/agent-qwen3-gigpo.yaml --shard 0/39   # seed 0's full run
 """)
 @click.argument("model", required=False)
 @click.option("--layers", help="blocks to scan: all | 0,4,8 | 0-4 | ::3")

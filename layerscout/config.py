@@ -12,8 +12,7 @@ from typing import Any
 
 from .errors import LayerscoutError
 
-LOSS_TYPES = ("grpo", "dr_grpo")
-RL_LOSS_TYPES = (*LOSS_TYPES, "gigpo")  # GiGPO: multi-turn tasks only (multiturn.py)
+LOSS_TYPES = ("grpo", "dr_grpo", "gigpo")  # GiGPO: multi-turn tasks only (multiturn.py)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -48,7 +47,8 @@ class ProbeConfig:
     max_completion_length: int = _f(32, "max new tokens per completion (TRL's max_completion_length)")
     temperature: float = _f(1.0, "sampling temperature")
     top_p: float = _f(1.0, "nucleus sampling")
-    loss_type: str = _f("grpo", "advantage/loss normalisation: grpo | dr_grpo")
+    loss_type: str = _f("grpo", "advantage/loss normalisation: grpo | dr_grpo | gigpo (multi-turn tasks: episode + "
+                                "anchor-state step advantages, gamma 0.95, omega 1)")
     lookahead_fraction: float = _f(0.5, "share of prompt groups held out to score the lookahead step")
     update_steps: int = _f(3, "Adam steps on the rollouts for the update-magnitude signal")
     learning_rate: float = _f(1e-5, "Adam learning rate of the update-magnitude steps")
@@ -272,8 +272,8 @@ class RLConfig:
                                  "num_iterations); -o trl.report_to=tensorboard")
 
     def __post_init__(self) -> None:
-        if self.loss_type not in RL_LOSS_TYPES:
-            raise LayerscoutError(f"loss_type must be one of {', '.join(RL_LOSS_TYPES)}; got {self.loss_type!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise LayerscoutError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {self.loss_type!r}")
         if self.num_generations < 2:
             raise LayerscoutError(
                 "group-relative advantages need at least 2 generations per prompt; "

@@ -86,3 +86,27 @@ def gigpo_advantages(step_rewards: Sequence[torch.Tensor], anchors: Sequence[Seq
     episode = group_advantages(totals, group_size, loss_type).repeat_interleave(torch.tensor(lengths))
     returns = torch.cat([discounted_returns(r, gamma) for r in step_rewards])
     return episode + omega * step_advantages(returns, anchor_keys(anchors, group_size), loss_type)
+
+
+def informative_steps(step_rewards: Sequence[torch.Tensor], anchors: Sequence[Sequence[Hashable]], group_size: int,
+                      gamma: float = GAMMA, omega: float = OMEGA) -> torch.Tensor:
+    """(S,) bool, laid out as gigpo_advantages: True where a step's advantage can be non-zero, i.e. the episode totals
+    of its game group differ, or (omega != 0) the returns in its anchor group differ. Exact where the advantages
+    themselves only tell "non-zero" up to rounding (the mean of equal floats need not equal them).
+
+    >>> informative_steps([torch.tensor([0., 1.]), torch.tensor([0., 1.])], [["s", "t"], ["s", "u"]], 2).tolist()
+    [False, False, False, False]
+    """
+    lengths = torch.tensor([r.numel() for r in step_rewards])
+    totals = torch.stack([r.float().sum() for r in step_rewards]).view(-1, group_size)
+    out = (totals.amax(dim=1) > totals.amin(dim=1)).repeat_interleave(group_size).repeat_interleave(lengths)
+    if omega == 0:
+        return out
+    returns = torch.cat([discounted_returns(r, gamma) for r in step_rewards]).tolist()
+    members: dict[Hashable, list[int]] = defaultdict(list)
+    for i, key in enumerate(anchor_keys(anchors, group_size)):
+        members[key].append(i)
+    for idx in members.values():
+        if len({returns[i] for i in idx}) > 1:
+            out[idx] = True
+    return out

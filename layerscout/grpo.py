@@ -45,12 +45,12 @@ def sequence_weights(advantages: torch.Tensor, completion_mask: torch.Tensor, lo
                      max_completion_length: int) -> torch.Tensor:
     """Per-sequence weight c_i with objective J = sum_i c_i * sum_t logp_it, matching TRL's loss normalisation.
 
-    grpo: c_i = A_i / (|y_i| * N) (token mean per sequence, then mean over sequences);
-    dr_grpo: c_i = A_i / (N * max_completion_length) (a constant normaliser, no length bias).
+    grpo (and gigpo, which normalises as GRPO): c_i = A_i / (|y_i| * N) (token mean per sequence, then mean over
+    sequences); dr_grpo: c_i = A_i / (N * max_completion_length) (a constant normaliser, no length bias).
     advantages (N,), completion_mask (N, T) -> (N,)
     """
     n = advantages.numel()
-    if loss_type == "grpo":
+    if loss_type in ("grpo", "gigpo"):
         return advantages / (completion_mask.sum(dim=1).clamp(min=1) * n)
     return advantages / (n * max_completion_length)
 

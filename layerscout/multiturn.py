@@ -15,16 +15,18 @@ from __future__ import annotations
 import dataclasses
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .config import RLConfig
 from .errors import LayerscoutError
-from .gigpo import anchor_share, gigpo_advantages
+from .gigpo import GAMMA, OMEGA, anchor_share, gigpo_advantages, informative_steps
 from .grpo import sequence_weights, surrogate_objective
 from .logprobs import completion_logps, fused_head
-from .rollouts import _pack
+from .precision import Precision, model_precision
+from .rollouts import Rollouts, _pack, sequence_logps
 
 CLIP_EPS = 0.2  # TRL's default epsilon
 TRAINABLE, OPTIMIZER, RNG, STATE = "trainable.safetensors", "optimizer.pt", "rng_state.pth", "trainer_state.json"
@@ -34,17 +36,81 @@ def is_multi_turn(task) -> bool:
     return callable(getattr(task, "play", None))
 
 
+def check_algo(task, loss_type: str) -> None:
+    """GiGPO groups steps of multi-turn episodes: refuse it on a single-turn task."""
+    if loss_type == "gigpo" and not is_multi_turn(task):
+        raise LayerscoutError(f"gigpo needs a multi-turn task (agent); task {task.name!r} is single-turn: "
+                              "use grpo or dr_grpo")
+
+
 def check_supported(task, config: RLConfig) -> None:
     """Fail before any work when `config` asks for what this trainer (or TRL, for single-turn tasks) cannot do."""
+    check_algo(task, config.loss_type)
     if not is_multi_turn(task):
-        if config.loss_type == "gigpo":
-            raise LayerscoutError(f"gigpo needs a multi-turn task (agent); task {task.name!r} is single-turn: "
-                                  "use grpo or dr_grpo")
         return
     if config.beta > 0:
         raise LayerscoutError(f"the multi-turn trainer has no KL term: set beta=0 (got {config.beta})")
     if config.trl.get("use_vllm"):
         raise LayerscoutError("the multi-turn trainer generates with transformers: drop trl.use_vllm")
+
+
+def play_and_score(model, tokenizer, task, games: list[str], *, num_generations: int, max_completion_length: int,
+                   temperature: float, top_p: float, loss_type: str, gamma: float, omega: float, batch_size: int,
+                   precision: Precision | None = None):
+    """Play num_generations episodes of every game (sampling, dropout off, under the precision policy's autocast)
+    and score their steps: (episodes, step samples (prompt ids, completion ids) episode after episode, advantages
+    A^E + omega * A^S per step sample)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with (precision or model_precision(model)).autocast():
+            episodes = task.play(model, tokenizer, games, num_generations=num_generations,
+                                 max_new_tokens=max_completion_length, temperature=temperature, top_p=top_p,
+                                 batch_size=batch_size)
+    finally:
+        model.train(was_training)
+    advantages = gigpo_advantages([torch.tensor(e.step_rewards) for e in episodes], [e.anchors for e in episodes],
+                                  num_generations, "dr_grpo" if loss_type == "dr_grpo" else "grpo", gamma, omega)
+    return episodes, [s for e in episodes for s in e.samples], advantages
+
+
+@dataclass
+class StepRollouts(Rollouts):
+    """Rollouts of a multi-turn task for the probe: one row per step sample (the conversation so far -> the action),
+    grouped by game, so groups differ in rows (group_size counts episodes per game). `rewards` holds each row's
+    episode reward, `advantages` GiGPO's, `informative` (N,) where an advantage can be non-zero."""
+
+    informative: torch.Tensor
+
+    def informative_groups(self) -> list[int]:
+        """Games with a step whose advantage can be non-zero (gigpo.informative_steps): exact, unlike `advantages != 0`."""
+        return sorted(set(self.group[self.informative].tolist()))
+
+
+def episode_rollouts(model, tokenizer, task, games: list[str], *, num_generations: int, max_completion_length: int,
+                     temperature: float = 1.0, top_p: float = 1.0, loss_type: str = "gigpo", batch_size: int = 32,
+                     gamma: float = GAMMA, omega: float = OMEGA, precision: Precision | None = None) -> StepRollouts:
+    """One round of episodes as the probe's rollouts: play, GiGPO advantages (omega applies to gigpo only; grpo /
+    dr_grpo score whole episodes), the sampling policy's per-token log-probs at `temperature` (as TRL's) under the
+    precision policy (default: the model's own). Cost: the episodes' generate calls and one forward over the step
+    samples."""
+    precision = precision or model_precision(model)
+    omega = omega if loss_type == "gigpo" else 0.0
+    episodes, samples, advantages = play_and_score(
+        model, tokenizer, task, games, num_generations=num_generations, max_completion_length=max_completion_length,
+        temperature=temperature, top_p=top_p, loss_type=loss_type, gamma=gamma, omega=omega, batch_size=batch_size,
+        precision=precision)
+    steps = torch.tensor([len(e.samples) for e in episodes])
+    ids, attn, cmask, texts = _pack(samples, tokenizer)
+    live = informative_steps([torch.tensor(e.step_rewards) for e in episodes], [e.anchors for e in episodes],
+                             num_generations, gamma, omega)
+    old = sequence_logps(model, ids, attn, cmask, temperature=temperature, precision=precision,
+                         batch_size=max(1, batch_size // 4))
+    return StepRollouts(
+        input_ids=ids, attention_mask=attn, completion_mask=cmask,
+        rewards=torch.tensor([e.reward for e in episodes], dtype=torch.float32).repeat_interleave(steps),
+        advantages=advantages, group=torch.arange(len(episodes)).div(num_generations, rounding_mode="floor")
+        .repeat_interleave(steps), old_logps=old, completions=texts, group_size=num_generations, informative=live)
 
 
 class MultiTurnTrainer:
@@ -115,15 +181,11 @@ class MultiTurnTrainer:
     def step(self, games: list[str]) -> dict:
         """One optimizer step on `games`; returns the logged numbers."""
         cfg = self.config
-        self.model.eval()  # sampling: no dropout
-        episodes = self.task.play(self.model, self.tokenizer, games, num_generations=cfg.num_generations,
-                                  max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
-                                  top_p=cfg.top_p, batch_size=cfg.prompts_per_step * cfg.num_generations)
-        self.model.train()
-        advantages = gigpo_advantages([torch.tensor(e.step_rewards) for e in episodes],
-                                      [e.anchors for e in episodes], cfg.num_generations, self.loss_type,
-                                      cfg.gamma, self.omega)
-        samples = [s for e in episodes for s in e.samples]
+        episodes, samples, advantages = play_and_score(
+            self.model, self.tokenizer, self.task, games, num_generations=cfg.num_generations,
+            max_completion_length=cfg.max_completion_length, temperature=cfg.temperature, top_p=cfg.top_p,
+            loss_type=self.loss_type, gamma=cfg.gamma, omega=self.omega,
+            batch_size=cfg.prompts_per_step * cfg.num_generations)
         loss = self._backward(samples, advantages)
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm) if cfg.max_grad_norm
                      else torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None])))

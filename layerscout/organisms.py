@@ -168,7 +168,7 @@ def _train(config: OrganismConfig, progress: bool) -> tuple[dict, Any, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                             betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
-    batches = _batches(train, config, task, tokenizer)
+    batches = _batches(train, config, tokenizer)
     bar = _progress_bar(config.max_steps, progress)
     model.train()
     for _, batch in zip(range(config.max_steps), batches):
@@ -210,14 +210,24 @@ def _headroom(model, tokenizer, task, config: OrganismConfig) -> dict:
 
 # The organism a task's commands use when no model is named (OrganismConfig fields); other tasks: OrganismConfig().
 TASK_ORGANISMS: dict[str, dict[str, Any]] = {
+    "math": {},  # the OrganismConfig defaults: 2-term arithmetic on 1-digit numbers
     # one-line Python functions from templated specs (tasks/code_templates.py): answers up to 34 characters
     "code": {"task": "code", "task_options": {"source": "templates"}, "max_new_tokens": 40},
+    # TWX Simon Says with three instructions, the prompt only the instruction on screen ("Simon says, 'eat apple'.",
+    # ~35 characters), so prompt and action fit the 256 positions; held-out games from the training fold (TWX's
+    # other folds have other objects, which a character model would have to copy unseen). The noisy labels are other
+    # valid actions of the state (AgentTask.sft_examples), each ending the game: a step is right about label_accuracy
+    # (0.7) of the time, a game of three 0.7^3 = 0.34 (pass@1 0.34, pass@8 0.91 after 800 steps, which it reaches).
+    "agent": {"task": "agent", "task_options": {
+        "game": "simonsays", "game_params": {"gameLength": 3, "numDistractors": 2, "memorization": 0},
+        "max_turns": 3, "history": 0, "show_task": False, "show_actions": False, "heldout_fold": "train"},
+        "label_accuracy": 0.7, "max_steps": 800, "max_new_tokens": 24},
 }
 
 
 def task_organism(task: str | None) -> OrganismConfig:
     """The default organism's config for a registered task name (TASK_ORGANISMS; the math organism otherwise).
-    Example: `default_organism_path(task_organism("code"))`."""
+    Example: `default_organism_path(task_organism("agent"))`."""
     return OrganismConfig(**copy.deepcopy(TASK_ORGANISMS.get(task or "", {})))
 
 
@@ -263,18 +273,17 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list[tuple[list[int], str]]:
-    """(prompt ids, gold answer) per training question; the label is drawn per batch (_batches)."""
+def _setup_train_data(task: Any, tokenizer: Any, config: OrganismConfig) -> list[tuple[list[int], str, Any]]:
+    """(prompt ids, gold answer, near miss) per training example (task.sft_examples: a question, or one step of an
+    expert trajectory); the label is drawn per batch (_batches)."""
     from .tasks import render_prompt
 
-    data = task.load_prompts("train", config.train_prompts, config.seed)
-    if "answer" not in data.column_names:
-        raise LayerscoutError(f"task {task.name!r} ({task.describe()}) has no gold answers to fine-tune an organism on")
-    prompts = tokenizer([render_prompt(tokenizer, p) for p in data["prompt"]], add_special_tokens=False)["input_ids"]
-    return list(zip(prompts, data["answer"], strict=True))
+    examples = task.sft_examples(config.train_prompts, config.seed)
+    prompts = tokenizer([render_prompt(tokenizer, m) for m, _, _ in examples], add_special_tokens=False)["input_ids"]
+    return [(p, a, miss) for p, (_, a, miss) in zip(prompts, examples, strict=True)]
 
 
-def _batches(train: list, config: OrganismConfig, task: Any, tokenizer: Any) -> Iterator[dict]:
+def _batches(train: list, config: OrganismConfig, tokenizer: Any) -> Iterator[dict]:
     """Endless collated batches: a fresh seeded permutation per epoch, each epoch's ragged tail dropped; each
     label is the gold answer with probability label_accuracy, else the task's near miss, drawn anew each time."""
     import torch
@@ -286,8 +295,8 @@ def _batches(train: list, config: OrganismConfig, task: Any, tokenizer: Any) -> 
         order = torch.randperm(len(train), generator=gen).tolist()
         for i in range(0, len(order) - batch_size + 1, batch_size):
             examples = []
-            for prompt, answer in (train[j] for j in order[i:i + batch_size]):
-                label = answer if rng.random() < config.label_accuracy else task.near_miss(answer, rng)
+            for prompt, answer, near_miss in (train[j] for j in order[i:i + batch_size]):
+                label = answer if rng.random() < config.label_accuracy else near_miss(rng)
                 examples.append((prompt, tokenizer(label, add_special_tokens=False)["input_ids"]
                                  + [tokenizer.eos_token_id]))
             yield _collate(examples)

@@ -118,15 +118,22 @@ class PassContext:
         return [slice(s, s + bs) for s in range(0, ro.input_ids.shape[0], bs)]
 
     def group_batches(self, groups: Sequence[int]) -> list[tuple[torch.Tensor, list[tuple[int, slice]]]]:
-        """Micro-batches of whole prompt groups of `self.rollouts` (batch_size rounded up to a multiple of the group
-        size): (row indices, [(group id, rows of that group within the batch)])."""
-        g = self.rollouts.group_size
-        per = max(1, self.config.batch_size // g)
-        out = []
-        for s in range(0, len(groups), per):
-            chunk = groups[s:s + per]
-            rows = torch.cat([torch.arange(m * g, (m + 1) * g) for m in chunk])
-            out.append((rows, [(m, slice(j * g, (j + 1) * g)) for j, m in enumerate(chunk)]))
+        """Micro-batches of whole prompt groups of `self.rollouts`, in order: groups join a batch while it stays
+        within `config.batch_size` rows (a larger group is a batch of its own). Groups may differ in rows (a
+        multi-turn game has one row per step). Returns (row indices, [(group id, rows of that group within the
+        batch)])."""
+        group, bs = self.rollouts.group, self.config.batch_size
+        out, rows, spans, n = [], [], [], 0
+        for m in groups:
+            own = torch.nonzero(group == m).flatten()
+            if spans and n + len(own) > bs:
+                out.append((torch.cat(rows), spans))
+                rows, spans, n = [], [], 0
+            rows.append(own)
+            spans.append((m, slice(n, n + len(own))))
+            n += len(own)
+        if spans:
+            out.append((torch.cat(rows), spans))
         return out
 
     def bar(self, items, desc: str) -> Iterator:

@@ -38,10 +38,13 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
     >>> ranking = run_probe(*load_model(None), get_task("math"))   # doctest: +SKIP
     >>> ranking.top(3)                                              # doctest: +SKIP
     """
+    from .multiturn import check_algo
+
     config = config or ProbeConfig()
     predictor = load_predictor(config.predictor)
     names = dict.fromkeys([*config.signals, *(predictor.signals if predictor else ())])
     signals = [get_signal(name) for name in names]  # unknown names fail before any work
+    check_algo(task, config.loss_type)
     passes = plan_passes([n for s in signals for n in s.needs])
     precision = precision or model_precision(model)
     meter = MemoryMeter(next(model.parameters()).device)
@@ -81,10 +84,23 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
 
 
 def _rollouts(model, tokenizer, task, config: ProbeConfig, precision: Precision, progress: bool) -> Rollouts:
+    """One round of rollouts: sampled completions of prompt groups, or, for a multi-turn task, the step samples of
+    played games with GiGPO advantages, one group per game (multiturn.StepRollouts: groups differ in rows)."""
     from tqdm.auto import tqdm
+
+    from .multiturn import episode_rollouts, is_multi_turn
 
     dataset = task.load_prompts("train", config.num_prompts, config.seed)
     with tqdm(total=len(dataset), desc="rollouts", unit="prompt", disable=not progress) as bar:
+        if is_multi_turn(task):
+            rollouts = episode_rollouts(model, tokenizer, task, list(dataset["answer"]),
+                                        num_generations=config.num_generations,
+                                        max_completion_length=config.max_completion_length,
+                                        temperature=config.temperature, top_p=config.top_p,
+                                        loss_type=config.loss_type, precision=precision,
+                                        batch_size=max(config.batch_size, config.num_prompts * config.num_generations))
+            bar.update(len(dataset))
+            return rollouts
         return collect_rollouts(model, tokenizer, task, dataset, num_generations=config.num_generations,
                                 max_completion_length=config.max_completion_length,
                                 temperature=config.temperature, top_p=config.top_p, loss_type=config.loss_type,

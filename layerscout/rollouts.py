@@ -54,7 +54,7 @@ class Rollouts:
                 out[name] = value[keep]
         out["group"] = torch.tensor([remap[int(g)] for g in self.group[keep]])
         out["completions"] = [self.completions[i] for i in keep.tolist()]
-        return Rollouts(**out)
+        return type(self)(**out)
 
 
 def generate(model, tokenizer, prompts: list[str], *, num_generations: int = 1, max_new_tokens: int = 32,

@@ -116,8 +116,8 @@ def test_organism_labels_are_gold_or_near_misses():
     config = dataclasses.replace(task_organism("code"), train_prompts=64, batch_size=64)
     task, tok = get_task("code", **config.task_options), build_tokenizer()
     train = _setup_train_data(task, tok, config)
-    batch = next(_batches(train, config, task, tok))
-    gold = {tok.decode(p): a for p, a in train}
+    batch = next(_batches(train, config, tok))
+    gold = {tok.decode(p): a for p, a, _ in train}
     hits = 0
     for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"]):
         answer = gold[tok.decode(ids[(labels < 0) & (mask > 0)])]
@@ -140,11 +140,12 @@ def tiny_code_default(tmp_path, monkeypatch):
 
 
 def test_task_organism_maps_code_and_falls_back_to_math():
-    from layerscout.organisms import OrganismConfig, task_organism
+    from layerscout.organisms import TASK_ORGANISMS, OrganismConfig, task_organism
 
     code = task_organism("code")
     assert code.task == "code" and code.task_options == {"source": "templates"} and code.num_layers == 12
-    assert task_organism("math") == task_organism(None) == task_organism("agent") == OrganismConfig()
+    assert task_organism("math") == task_organism(None) == task_organism("humaneval") == OrganismConfig()
+    assert set(TASK_ORGANISMS) == {"math", "code", "agent"} and task_organism("agent").task == "agent"
     code.task_options["source"] = "x"
     assert task_organism("code").task_options == {"source": "templates"}  # each call a fresh config
 

@@ -97,3 +97,19 @@ def test_shape_errors():
         gigpo_advantages(REWARDS, [["s0"], ["s0", "s3"], ["s0", "s1"]], group_size=3)
     with pytest.raises(ValueError, match="do not split into groups"):
         gigpo_advantages(REWARDS, STATES, group_size=2)
+
+
+def test_informative_steps_by_hand():
+    """Where an advantage can be non-zero: REWARDS' totals differ, so every step of that game; a second game whose
+    two episodes both win at the same turn has none, unless (omega != 0) an anchor group's returns differ."""
+    from layerscout.gigpo import informative_steps
+
+    assert informative_steps(REWARDS, STATES, 3).tolist() == [True] * 7
+    same = [torch.tensor([0., 1.]), torch.tensor([0., 1.])]
+    assert informative_steps(same, [["s", "t"], ["s", "t"]], 2).tolist() == [False] * 4
+    # both win, one a turn later: totals equal, but the s-group returns .95 and .9025 differ
+    late = [torch.tensor([0., 1.]), torch.tensor([0., 0., 1.])]
+    assert informative_steps(late, [["s", "t"], ["s", "x", "t"]], 2).tolist() == [True, False, True, False, False]
+    assert informative_steps(late, [["s", "t"], ["s", "x", "t"]], 2, omega=0.0).tolist() == [False] * 5
+    a = gigpo_advantages(late, [["s", "t"], ["s", "x", "t"]], 2)
+    assert (a != 0).tolist() == [True, False, True, False, False]

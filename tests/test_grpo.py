@@ -37,6 +37,8 @@ def test_sequence_weights_grpo_and_dr_grpo():
     mask = torch.tensor([[0, 1, 1, 0], [0, 1, 1, 1]])
     assert torch.allclose(sequence_weights(adv, mask, "grpo", 8), torch.tensor([1 / (2 * 2), -1 / (3 * 2)]))
     assert torch.allclose(sequence_weights(adv, mask, "dr_grpo", 8), torch.tensor([1 / 16, -1 / 16]))
+    # GiGPO normalises as GRPO (per-sequence token mean)
+    assert torch.allclose(sequence_weights(adv, mask, "gigpo", 8), torch.tensor([1 / (2 * 2), -1 / (3 * 2)]))
     # Dr. GRPO has no length normalisation: equal |A| gives equal |c| whatever the lengths
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     assert torch.equal(sequence_weights(adv, mask, "dr_grpo", 4), torch.tensor([1 / 8, -1 / 8]))

@@ -86,9 +86,9 @@ def test_labels_are_gold_with_label_accuracy_and_the_near_miss_otherwise():
     task, tok = get_task("math"), build_tokenizer()
     cfg = OrganismConfig(**{**TINY, "batch_size": 64}, label_accuracy=0.4)
     train = organisms._setup_train_data(task, tok, cfg)
-    gold = {tuple(p): a for p, a in train}
+    gold = {tuple(p): a for p, a, _ in train}
     seen = {"gold": 0, "near miss": 0}
-    for batch, _ in zip(organisms._batches(train, cfg, task, tok), range(40)):
+    for batch, _ in zip(organisms._batches(train, cfg, tok), range(40)):
         for ids, labels in zip(batch["input_ids"], batch["labels"]):
             answer_at = int((labels != -100).nonzero()[0])
             label = tok.decode(labels[labels != -100], skip_special_tokens=True)

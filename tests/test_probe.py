@@ -46,9 +46,25 @@ def _per_sequence_grads(model, ro, i, temperature=1.0):
     return torch.autograd.grad((logp * ro.completion_mask[i][keep][None, 1:]).sum(), flat, allow_unused=True)
 
 
-def test_gradient_signals_match_independent_autograd(organism, math_task):
+def _unequal_groups(ro, sizes):
+    """The same rows regrouped into consecutive groups of `sizes` rows, as multi-turn rollouts are (one group per
+    game, one row per step)."""
+    from dataclasses import fields
+
+    from layerscout.multiturn import StepRollouts
+
+    assert sum(sizes) == ro.input_ids.shape[0]
+    group = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    return StepRollouts(**{**{f.name: getattr(ro, f.name) for f in fields(ro)}, "group": group},
+                        informative=ro.advantages != 0)
+
+
+@pytest.mark.parametrize("sizes", [None, (5, 3, 7, 2, 4, 3)], ids=["equal-groups", "unequal-groups"])
+def test_gradient_signals_match_independent_autograd(organism, math_task, sizes):
     model, tok = organism
     cfg, ro = _rollouts(model, tok, math_task)
+    if sizes is not None:
+        ro = _unequal_groups(ro, sizes)
     stats, ctx = _sweep(model, cfg, ro)
     sizes = [len(list(b.parameters())) for b in ctx.blocks]
     fisher, pg, group_sq = np.zeros(ctx.n_layers), None, np.zeros((ro.num_groups, ctx.n_layers))
@@ -63,7 +79,7 @@ def test_gradient_signals_match_independent_autograd(organism, math_task):
 
     for m in range(ro.num_groups):
         group = None
-        for i in range(m * ro.group_size, (m + 1) * ro.group_size):
+        for i in torch.nonzero(ro.group == m).flatten().tolist():
             grads = _per_sequence_grads(model, ro, i)
             fisher += per_block(grads)
             contrib = [float(weights[i]) * g if g is not None else None for g in grads]

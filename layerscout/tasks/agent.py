@@ -5,13 +5,17 @@ the last `history` turns and the current observation with the valid actions, ren
 template, and answers with one action. Reward: 1 if the game is won (`reward: score`: the game's normalised score).
 
 Games are seeded. Training games come from TWX's train fold (seeds 0-999), held-out games from its test fold
-(seeds 20000-20999) less any game that also occurs in the train fold (same first observation and same gold
-solution), so the splits are disjoint; each lists distinct games only. Needs a Java runtime (TWX's engine is a jar): one JVM per task, ~0.3 s to start, ~2 ms per
-reset, ~1 ms per step. Concurrent episodes share it by replaying their actions after a reset.
+(seeds 20000-20999; option heldout_fold) less any game that also occurs in the train fold (same first observation
+and same gold solution), so the splits are disjoint; each lists distinct games only. TWX's folds use disjoint
+objects (Simon Says trains on fruit, tests on vegetables), so heldout_fold train splits the train fold itself for
+held-out games of the training distribution. Needs a Java runtime (TWX's engine is a jar): one JVM per task,
+~0.3 s to start, ~2 ms per reset, ~1 ms per step. Concurrent episodes share it by replaying their actions after a
+reset.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -19,10 +23,10 @@ from typing import Any, Callable
 
 from ..errors import LayerscoutError
 from . import register_task, render_prompt
-from .base import Task
+from .base import Task, split_of
 
 GAMES = ("cookingworld", "coin", "twc", "mapreader", "arithmetic", "sorting", "simonsays", "peckingorder")
-FOLDS = {"train": "train", "heldout": "test"}
+FOLDS = {"train": (0, "getValidSeedsTrain"), "dev": (10000, "getValidSeedsDev"), "test": (20000, "getValidSeedsTest")}
 REWARDS = ("success", "score")
 
 
@@ -49,6 +53,10 @@ class Episode:
         return float(sum(self.step_rewards))
 
 
+def _draw(choices: list[str], rng: random.Random) -> str:
+    return rng.choice(choices)
+
+
 def parse_action(text: str) -> str:
     """The action in a completion: its first non-empty line, stripped ("" if none)."""
     for line in text.splitlines():
@@ -60,18 +68,22 @@ def parse_action(text: str) -> str:
 @register_task("agent")
 class AgentTask(Task):
     """Options: game (a TWX game: cookingworld, coin, twc, ...), game_params (TWX generation settings), max_turns
-    (actions per episode), history (past turns shown besides the current observation), show_actions (list the
-    valid actions under the current observation), reward (success | score), system_prompt."""
+    (actions per episode), history (past turns shown besides the current observation), show_task (the task line
+    above them), show_actions (list the valid actions under the current observation), reward (success | score),
+    heldout_fold (test | dev: TWX's held-out games, whose objects no training game has; train: games of the
+    training fold, split off by a hash of the game, for the same objects in new combinations), system_prompt."""
 
-    version = 1
+    version = 2  # 2: valid actions listed once each (TWX lists an action as often as the game needs it)
     options = {
         "game": "cookingworld",
         "game_params": {"numLocations": 1, "numIngredients": 1, "numDistractorItems": 0, "includeDoors": 0,
                         "limitInventorySize": 0},
         "max_turns": 12,
         "history": 2,
+        "show_task": True,
         "show_actions": True,
         "reward": "success",
+        "heldout_fold": "test",
         "system_prompt": None,
     }
 
@@ -90,6 +102,8 @@ class AgentTask(Task):
             raise LayerscoutError(f"max_turns must be an int >= 1; got {c['max_turns']!r}")
         if not isinstance(c["history"], int) or c["history"] < 0:
             raise LayerscoutError(f"history must be an int >= 0; got {c['history']!r}")
+        if c["heldout_fold"] not in FOLDS:
+            raise LayerscoutError(f"heldout_fold must be one of {', '.join(FOLDS)}; got {c['heldout_fold']!r}")
         self._env = None
         self._games: dict[str, dict[tuple, int]] = {}
 
@@ -131,12 +145,17 @@ class AgentTask(Task):
         return infos
 
     def _anchor(self, infos: dict) -> str:
-        return infos["look"] + "\n" + infos["inventory"]
+        """The state a step is taken from: room and inventory, where the game models them (not the feedback line:
+        "You take the coin." is the same text in different states, and an invalid action leaves the state as it
+        was); else the observation (Simon Says has no room: its observation is the instruction to follow)."""
+        if infos["look"].strip() or infos["inventory"].strip():
+            return infos["look"] + "\n" + infos["inventory"]
+        return infos["observation"]
 
     def start(self, game: str) -> Episode:
         infos = self._replay(game, [])
         return Episode(game=game, task=infos["taskDescription"], observations=[infos["observation"]],
-                       valid_actions=[sorted(infos["validActions"])], anchors=[self._anchor(infos)])
+                       valid_actions=[sorted(set(infos["validActions"]))], anchors=[self._anchor(infos)])
 
     def step(self, episode: Episode, action: str) -> None:
         """Play `action` in `episode`: append the outcome, its step reward, and end the episode when the game is
@@ -151,7 +170,7 @@ class AgentTask(Task):
                         or len(episode.actions) >= self.config["max_turns"])
         if not episode.done:
             episode.observations.append(infos["observation"])
-            episode.valid_actions.append(sorted(infos["validActions"]))
+            episode.valid_actions.append(sorted(set(infos["validActions"])))
             episode.anchors.append(self._anchor(infos))
 
     def _progress(self, score: float, won: bool) -> float:
@@ -170,7 +189,7 @@ class AgentTask(Task):
         out = [{"role": "system", "content": system}] if system else []
         for i in range(first, t + 1):
             text = episode.observations[i].strip()
-            if i == first:
+            if i == first and self.config["show_task"]:
                 text = f"{episode.task.strip()}\n{text}"
             if i == t and self.config["show_actions"]:
                 text += "\nValid actions: " + ", ".join(episode.valid_actions[i])
@@ -179,27 +198,55 @@ class AgentTask(Task):
             out.append({"role": "user", "content": text})
         return out
 
-    def _examples(self, split: str, n: int, seed: int) -> list[tuple[str, str]]:
-        """n distinct games of the split's TWX fold in seeded order, as (first user message, "fold:seed").
-        Held-out games that equal a training game (same start and same solution) are left out: on small settings
-        TWX's folds share games (37 of the default's 286 distinct test games are training games)."""
-        fold = FOLDS[split]
-        exclude = self._signatures("train") if split == "heldout" else {}
-        seeds = [s for signature, s in self._signatures(fold).items() if signature not in exclude]
+    def _examples(self, split: str, n: int, seed: int) -> list[dict]:
+        """n distinct games of the split in seeded order: question = the first user message, id and answer = the
+        game, "fold:seed" (two games may open with the same message). Training games come from TWX's train fold,
+        held-out ones from heldout_fold less any game that is also a training game (same start and same solution):
+        on small settings TWX's folds share games (37 of the default's 286 distinct test games are training games).
+        With heldout_fold train, the train fold's games are split by a hash of their signature (base.split_of)."""
+        held = self.config["heldout_fold"]
+        fold = held if split == "heldout" else "train"
+        games = self._signatures(fold)
+        if held == "train":
+            seeds = [s for signature, s in games.items() if split_of("\n".join((signature[0], *signature[1]))) == split]
+        else:
+            exclude = self._signatures("train") if split == "heldout" else {}
+            seeds = [s for signature, s in games.items() if signature not in exclude]
         random.Random(seed).shuffle(seeds)
         episodes = [self.start(f"{fold}:{s}") for s in seeds[:n]]
-        return [(self.messages(e)[-1]["content"], e.game) for e in episodes]
+        return [{"id": e.game, "question": self.messages(e)[-1]["content"], "answer": e.game} for e in episodes]
 
     def _signature(self, fold: str, seed: int) -> tuple[str, tuple[str, ...]]:
         """What identifies a game to a player: its first observation and its gold solution."""
         obs, _ = self.env.reset(seed=seed, gameFold=fold, generateGoldPath=True)
         return obs, tuple(self.env.getGoldActionSequence())
 
+    def gold_actions(self, game: str) -> list[str]:
+        """TWX's expert solution of `game` ("fold:seed")."""
+        fold, seed = game.split(":")
+        return list(self._signature(fold, int(seed))[1])
+
+    def sft_examples(self, n: int, seed: int) -> list[tuple[list[dict], str, Callable[[random.Random], str]]]:
+        """Expert trajectories for model organisms: for each of n training games, one example per step of its gold
+        solution (the conversation the policy would see there, the gold action); the near miss is another valid
+        action of that state, drawn at random (the gold one where there is no other)."""
+        out = []
+        for game in self.load_prompts("train", n, seed)["answer"]:
+            episode = self.start(game)
+            for action in self.gold_actions(game):
+                others = [a for a in episode.valid_actions[-1] if a != action] or [action]
+                out.append((self.messages(episode), action, functools.partial(_draw, others)))
+                self.step(episode, action)
+                if episode.done:
+                    break
+        return out
+
     def _signatures(self, fold: str) -> dict[tuple, int]:
         """Signature -> first seed, for every game of a fold (1000 seeds, ~2 s; cached on the task)."""
         if fold not in self._games:
-            self.env.reset(seed=0 if fold == "train" else 20000, gameFold=fold)
-            seeds = self.env.getValidSeedsTrain() if fold == "train" else self.env.getValidSeedsTest()
+            first, lister = FOLDS[fold]
+            self.env.reset(seed=first, gameFold=fold)
+            seeds = getattr(self.env, lister)()
             games: dict[tuple, int] = {}
             for s in seeds:
                 games.setdefault(self._signature(fold, s), int(s))

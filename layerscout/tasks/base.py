@@ -8,11 +8,12 @@ bound `reward` goes straight into `GRPOTrainer(reward_funcs=[task.reward])`.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ..errors import LayerscoutError
 
@@ -116,6 +117,16 @@ class Task:
     def near_miss(self, answer: str, rng: random.Random) -> str:
         """A plausible wrong answer to `answer`: the noisy label model organisms learn beside the gold one."""
         raise LayerscoutError(f"task {self.name!r} has no near-miss labels: build its organism with label_accuracy=1")
+
+    def sft_examples(self, n: int, seed: int) -> list[tuple[list[dict], str, Callable[[random.Random], str]]]:
+        """What a model organism is fine-tuned on: (prompt messages, gold answer, near miss) for n train items, where
+        the near miss draws a wrong label from a random.Random (default: `near_miss(answer, rng)`). Multi-turn tasks
+        give one example per step of an expert trajectory."""
+        data = self.load_prompts("train", n, seed)
+        if "answer" not in data.column_names:
+            raise LayerscoutError(f"task {self.name!r} ({self.describe()}) has no gold answers to fine-tune an "
+                                  "organism on")
+        return [(p, a, functools.partial(self.near_miss, a)) for p, a in zip(data["prompt"], data["answer"], strict=True)]
 
     def _examples(self, split: str, n: int, seed: int) -> list[tuple[str, str] | dict]:
         """Up to n items of `split`, deterministic for a seed: (question, answer) pairs, or dicts with a
