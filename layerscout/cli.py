@@ -347,7 +347,7 @@ def _plan_train(model, recipe, task_overrides, cfg, auto_layer, top_k, layers, f
     from .recipes import build_task, load_recipe
 
     loaded = load_recipe(recipe, task_overrides)
-    picked = None if full else list(range(top_k)) if auto_layer else parse_layers(layers, model_shape(model).num_layers)
+    picked = None if full else list(range(top_k)) if auto_layer else parse_layers(layers, model_shape(model, task=loaded.task).num_layers)
     plan = plan_train(model, build_task(loaded), cfg, picked, device, dtype)
     if auto_layer:
         plan["layers"] = f"top {top_k} of the ranking"

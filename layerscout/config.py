@@ -53,8 +53,8 @@ class ProbeConfig:
     update_steps: int = _f(3, "Adam steps on the rollouts for the update-magnitude signal")
     learning_rate: float = _f(1e-5, "Adam learning rate of the update-magnitude steps")
     lookahead_lr: float = _f(1e-4, "size of the one-block lookahead step (first Adam step = lr * sign(grad))")
-    batch_size: int = _f(8, "sequences per forward/backward pass (the gradient sweep rounds it up to whole prompt "
-                            "groups)")
+    batch_size: int = _f(8, "sequences per forward/backward pass (the gradient sweep fills each pass with whole "
+                            "prompt groups up to this many sequences; a larger group gets a pass of its own)")
     gradient_checkpointing: bool = _f(False, "recompute each block's activations in the backward passes: about "
                                              "one more forward, for a fraction of the activation memory")
     signals: list[str] = _f(

@@ -54,14 +54,15 @@ class ModelShape:
     largest_param: int   # entries of the largest single tensor in a block
 
 
-def model_config(name_or_path: str | None, gguf_file: str | None = None, revision: str | None = None):
-    """transformers config of a hub id, local dir, .gguf file or (None) the default organism; no weights read."""
+def model_config(name_or_path: str | None, gguf_file: str | None = None, revision: str | None = None,
+                 task: str | None = None):
+    """transformers config of a hub id, local dir, .gguf file or (None) `task`'s default organism; no weights read."""
     from transformers import AutoConfig
 
     if name_or_path is None:
-        from .organisms import default_organism_path
+        from .organisms import default_organism_path, task_organism
 
-        name_or_path = str(default_organism_path())
+        name_or_path = str(default_organism_path(task_organism(task)))
     path = Path(name_or_path).expanduser()
     try:
         if path.is_file():
@@ -71,7 +72,8 @@ def model_config(name_or_path: str | None, gguf_file: str | None = None, revisio
         raise LayerscoutError(f"cannot read a model config for {name_or_path!r}: {str(e).splitlines()[0]}") from None
 
 
-def model_shape(name_or_path: str | None, gguf_file: str | None = None, revision: str | None = None) -> ModelShape:
+def model_shape(name_or_path: str | None, gguf_file: str | None = None, revision: str | None = None,
+                task: str | None = None) -> ModelShape:
     """Shape and parameter counts of a causal LM, from an empty (meta-device) model built from its config.
 
     >>> model_shape("tests/data/hub_configs/Qwen3-4B").params   # doctest: +SKIP
@@ -82,7 +84,7 @@ def model_shape(name_or_path: str | None, gguf_file: str | None = None, revision
 
     from .models import decoder_layers
 
-    config = model_config(name_or_path, gguf_file, revision)
+    config = model_config(name_or_path, gguf_file, revision, task)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     text = config.get_text_config()
@@ -262,7 +264,7 @@ def plan_rank(model: str | None, recipe, device: str = "auto", dtype: str = "aut
     """What `layerscout rank MODEL --dry-run` prints: shape, planned rollouts, probe memory by phase."""
     from .recipes import build_task
 
-    shape = model_shape(model)
+    shape = model_shape(model, task=recipe.task)
     kind, capacity = device_capacity(device)
     precision = planned_precision(kind, dtype)
     p = recipe.probe
@@ -280,7 +282,7 @@ def plan_rank(model: str | None, recipe, device: str = "auto", dtype: str = "aut
 def plan_train(model: str | None, task, rl, layers: list[int] | None, device: str = "auto",
                dtype: str = "auto") -> dict:
     """What `layerscout train ... --dry-run` prints: shape, planned steps and rollouts, GRPO memory."""
-    shape = model_shape(model)
+    shape = model_shape(model, task=task.name)
     kind, capacity = device_capacity(device)
     precision = planned_precision(kind, dtype)
     prompt, how = prompt_tokens(model, task)
@@ -299,7 +301,7 @@ def plan_calibrate(config) -> dict:
     from .models import parse_layers
     from .recipes import build_task, load_recipe
 
-    shape = model_shape(config.model)
+    shape = model_shape(config.model, task=config.task)
     kind, capacity = device_capacity(config.device)
     precision = planned_precision(kind, config.dtype)
     recipe = load_recipe(config.task, [f"task_options.{k}={json.dumps(v)}" for k, v in config.task_options.items()])

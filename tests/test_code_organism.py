@@ -154,6 +154,9 @@ def test_rank_train_calibrate_on_code_with_no_model_use_the_code_organism(tiny_c
     record = json.loads((tiny_code_default / "organism.json").read_text())
     assert record["config"]["task"] == "code" and 0.0 < record["pass_at_k"]
     small = ["-o", "num_prompts=8", "-o", "update_steps=1"]
+    r = CliRunner().invoke(cli, ["rank", "--task", "code", "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"]["num_layers"] == 2  # the code organism's shape, not the math one's
     r = CliRunner().invoke(cli, ["rank", "--task", "code", "--json", "--quiet", *small])
     assert r.exit_code == 0, r.output
     ranking = json.loads(r.stdout)
