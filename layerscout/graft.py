@@ -127,7 +127,7 @@ def heldout_rollouts(model, tokenizer, task, config, precision=None) -> Rollouts
 def short_run(model, tokenizer, task, config, progress: bool = False):
     """A copy of `model` after `config.graft_steps` full-parameter GRPO steps (training.train_layers, layers=None)
     on the task's train prompts. train_layers' own before/after evaluations are cut to 8 prompts: grafting scores
-    the run itself. Returns (run model, its train record)."""
+    the run itself. Returns the trained copy, frozen and in eval mode."""
     from .config import RLConfig
     from .training import train_layers
 
@@ -136,10 +136,10 @@ def short_run(model, tokenizer, task, config, progress: bool = False):
                   temperature=config.temperature, top_p=config.top_p, seed=config.seed, save_steps=0, eval_prompts=8)
     run = _plain_copy(model)
     with tempfile.TemporaryDirectory(prefix="layerscout-graft-") as out:
-        record = train_layers((run, tokenizer), task, None, rl, output_dir=out, progress=progress, save_model=False)
+        train_layers((run, tokenizer), task, None, rl, output_dir=out, progress=progress, save_model=False)
     for p in run.parameters():
         p.requires_grad_(False)
-    return run.eval(), record
+    return run.eval()
 
 
 def _plain_copy(model):

@@ -22,13 +22,10 @@ def graft_pass(ctx) -> GraftResult:
     ctx.cost.forward(int(rollouts.attention_mask.sum()))  # their old log-probs
     ctx.cost.generated += rollouts.generated_tokens
     with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        run, _ = short_run(ctx.model, ctx.tokenizer, ctx.task, ctx.config, progress=ctx.progress)
+        run = short_run(ctx.model, ctx.tokenizer, ctx.task, ctx.config, progress=ctx.progress)
     ctx.cost.rl_steps += ctx.config.graft_steps
-    try:
-        return graft_blocks(ctx.model, run, rollouts, temperature=ctx.config.temperature,
-                            batch_size=ctx.config.batch_size, cost=ctx.cost, progress=ctx.progress)
-    finally:
-        del run
+    return graft_blocks(ctx.model, run, rollouts, temperature=ctx.config.temperature,
+                        batch_size=ctx.config.batch_size, cost=ctx.cost, progress=ctx.progress)
 
 
 @register_signal("graft_gain", "S(base + Δ_k) − S(base): held-out reward of the base with only block k's update "
