@@ -5,6 +5,7 @@ imported inside commands so `layerscout --help` stays instant."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -186,6 +187,8 @@ def _task_spec(opts: dict, task: str | None = None) -> tuple[str, list[str]]:
   layerscout rank --task agent --algo gigpo         # the agent organism: GiGPO over played games
 
   layerscout rank MODEL --task math --predictor my_predictor.json   # refitted with `layerscout fit`
+
+  layerscout rank MODEL --from-run runs/full   # your full-parameter RL result of MODEL: delta grafting
 """)
 @click.argument("model", required=False)
 @click.option("--probe", "probe_file", type=click.Path(dir_okay=False), help="probe recipe YAML (instead of --task)")
@@ -194,12 +197,17 @@ def _task_spec(opts: dict, task: str | None = None) -> tuple[str, list[str]]:
                    "instead of the recipe's score_weights")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a recipe field, e.g. -o num_prompts=16 -o task_options.generator=chain_sum")
+@click.option("--from-run", "from_run", type=click.Path(file_okay=False),
+              help="rank by delta grafting from this full-parameter RL result of MODEL (a transformers model dir, "
+                   "e.g. from `layerscout train --full`) instead of probing: forward passes only")
 @click.option("--output", type=click.Path(dir_okay=False), help="write the ranking JSON here")
 @shared_options("task", "dataset", "algo", "seed", "device", "dtype", "json", "quiet", "log", "dry_run")
-def rank(model, probe_file, predictor, overrides, output, **opts):
+def rank(model, probe_file, predictor, from_run, overrides, output, **opts):
     """Run a short RL probe on MODEL and rank its decoder layers for single-layer RL."""
     from .records import check_writable, write_json_or_rescue
 
+    if from_run and (predictor or opts["dry_run"]):
+        raise LayerscoutError("--from-run ranks by delta grafting: it takes neither --predictor nor --dry-run")
     recipe, task_overrides = _task_spec(opts, probe_file)
     algo = [f"loss_type={opts['algo']}"] if opts["algo"] else []
     algo += [f"predictor={json.dumps(predictor)}"] if predictor else []
@@ -212,10 +220,12 @@ def rank(model, probe_file, predictor, overrides, output, **opts):
         return _emit_plan(plan_rank(model, loaded, opts["device"], opts["dtype"]), opts["as_json"])
     if output:
         check_writable(output)  # before the probe: a bad path fails now, not after minutes of work
+    from .graft import rank_from_run
     from .probe import rank_layers
 
-    ranking = rank_layers(model, recipe, overrides=list(overrides) + task_overrides + algo, seed=opts["seed"],
-                          device=opts["device"], dtype=opts["dtype"], progress=not opts["quiet"])
+    ranking = (functools.partial(rank_from_run, from_run) if from_run else rank_layers)(
+        model, recipe, overrides=list(overrides) + task_overrides + algo, seed=opts["seed"], device=opts["device"],
+        dtype=opts["dtype"], progress=not opts["quiet"])
     data = ranking.to_dict()
     if output:
         write_json_or_rescue(output, data)
@@ -223,12 +233,13 @@ def rank(model, probe_file, predictor, overrides, output, **opts):
 
 
 def _print_ranking(data: dict) -> None:
-    main = [s for s in ("lookahead_gain", "grad_norm_rel", "grad_snr", "fisher_trace", "attribution",
+    main = [s for s in ("graft_gain", "knockout_loss", "lookahead_gain", "grad_norm_rel", "grad_snr", "fisher_trace", "attribution",
                         "update_norm", "spectral_snr") if s in data["layers"][0]["signals"]]
     head = f"{'layer':>5} {'rank':>4} {'score':>6} " + " ".join(f"{s:>14}" for s in main)
     scoring = data["config"].get("scoring", {})
     rule = (f"predictor {scoring['design']} ({scoring['version']})" if scoring.get("rule") == "predictor"
-            else "score_weights " + ", ".join(f"{k} {v:g}" for k, v in scoring.get("weights", {}).items()))
+            else f"delta grafting {scoring['score']}, from {data['config']['from_run']['path']}"
+            if scoring.get("rule") == "graft" else "score_weights " + ", ".join(f"{k} {v:g}" for k, v in scoring.get("weights", {}).items()))
     _echo(f"model {data['model']}  task {data['task']}  algo {data['algo']}  seed {data['seed']}  score: {rule}")
     _echo(head)
     for row in data["layers"]:
@@ -237,7 +248,8 @@ def _print_ranking(data: dict) -> None:
     c, r = data["cost"], data["rollouts"]
     _echo(f"top layer: {data['top_layer']}  |  mean reward {r['mean_reward']:.2f}, "
                f"{r['informative_groups']}/{r['prompts']} groups informative  |  {c['seconds']:.1f} s, "
-               f"{c['generated_tokens']} generated tokens, {c['forward_backward_passes']} fwd+bwd passes")
+               f"{c['generated_tokens']} generated tokens, {c['forward_backward_passes']} fwd+bwd passes, "
+               f"{c['forward_passes']} forward passes" + (f", {c['rl_steps']} RL steps" if c.get("rl_steps") else ""))
 
 
 # ---------------------------------------------------------------- RL runs

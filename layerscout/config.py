@@ -72,6 +72,10 @@ class ProbeConfig:
         "ranking score = weighted mean of these signals' within-model percentile ranks. Default: attribution "
         "alone, the best of six candidate rules on the first four calibration sweeps (calibration/README.md)",
     )
+    graft_steps: int = _f(5, "graft_gain / knockout_loss: steps of their short full-parameter GRPO run")
+    graft_learning_rate: float = _f(1e-4, "graft_gain / knockout_loss: learning rate of that run")
+    graft_prompts: int = _f(32, "graft_gain / knockout_loss (and rank --from-run): held-out prompts whose base-policy "
+                                "rollouts score every graft")
     seed: int = _f(0, "seed for prompt sampling, generation and steps")
 
     def __post_init__(self) -> None:
@@ -86,9 +90,11 @@ class ProbeConfig:
             raise LayerscoutError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {self.loss_type!r}")
         if not 0.0 < self.lookahead_fraction < 1.0:
             raise LayerscoutError(f"lookahead_fraction must be in (0, 1); got {self.lookahead_fraction}")
-        for name in ("max_completion_length", "batch_size"):
+        for name in ("max_completion_length", "batch_size", "graft_steps", "graft_prompts"):
             if getattr(self, name) < 1:
                 raise LayerscoutError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.graft_learning_rate <= 0:
+            raise LayerscoutError(f"graft_learning_rate must be > 0; got {self.graft_learning_rate}")
         if self.update_steps < 0:
             raise LayerscoutError(f"update_steps must be >= 0; got {self.update_steps}")
         from .signals import get_signal  # unknown names fail here, with suggestions

@@ -58,11 +58,12 @@ def plan_passes(needs: Sequence[str]) -> list[str]:
 
 
 class Cost:
-    """Tokens pushed through forward-only and forward+backward passes, plus backward calls."""
+    """Tokens pushed through forward-only and forward+backward passes, plus backward calls; passes that sample or
+    train on their own (delta grafting) add their generated tokens and RL steps."""
 
     def __init__(self, rollout_tokens: int):
         self.rollout_tokens = max(1, rollout_tokens)
-        self.fwd_tokens = self.bwd_tokens = self.backward_calls = 0
+        self.fwd_tokens = self.bwd_tokens = self.backward_calls = self.generated = self.rl_steps = 0
 
     def forward(self, tokens: int) -> None:
         self.fwd_tokens += tokens
@@ -72,7 +73,8 @@ class Cost:
         self.bwd_tokens += tokens
 
     def as_dict(self, seconds: float, generated: int) -> dict:
-        return {"seconds": round(seconds, 3), "generated_tokens": generated,
+        return {"seconds": round(seconds, 3), "generated_tokens": generated + self.generated,
+                "rl_steps": self.rl_steps,
                 "forward_backward_passes": round(self.bwd_tokens / self.rollout_tokens, 2),
                 "forward_passes": round(self.fwd_tokens / self.rollout_tokens, 2),
                 "backward_calls": self.backward_calls}
@@ -81,7 +83,8 @@ class Cost:
 @dataclass
 class PassContext:
     """What every pass reads: the model (in the probe's eval mode, fused TRL log-prob head active), its blocks,
-    the rollouts and their probe / held-out split (prompt-group ids), sequence weights c_i, precision, cost."""
+    the rollouts and their probe / held-out split (prompt-group ids), sequence weights c_i, precision, cost; the task
+    and tokenizer for passes that sample or train themselves."""
 
     model: Any
     rollouts: Any
@@ -90,6 +93,8 @@ class PassContext:
     probe_groups: list[int]
     heldout_groups: list[int]
     progress: bool = False
+    task: Any = None
+    tokenizer: Any = None
     cost: Cost = field(init=False)
 
     def __post_init__(self) -> None:

@@ -57,7 +57,8 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
 
     with _probe_mode(model), fused_head(model, config.temperature):
         ctx = PassContext(model, rollouts, config, precision,
-                          *split_groups(rollouts, config.lookahead_fraction, config.seed), progress=progress)
+                          *split_groups(rollouts, config.lookahead_fraction, config.seed), progress=progress,
+                          task=task, tokenizer=tokenizer)
         ctx.cost.forward(ctx.cost.rollout_tokens)  # the forward that recorded old_logps
         results = run_passes(ctx, passes, meter)
 

@@ -46,7 +46,7 @@ def list_signals() -> list[Signal]:
 
 
 # registration; order = pass execution order (gradients, then updates that reuse them, then the rest)
-from . import gradients, updates, attribution, baselines  # noqa: E402,F401,I001
+from . import gradients, updates, attribution, baselines, grafting  # noqa: E402,F401,I001
 
 
 # Depth-residualised versions of the position-biased per-block statistics (baselines.depth_residual).
