@@ -409,6 +409,10 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
             continue
         if min_gain_se > 0 and not gain > min_gain_se * se:
             weak[str(seed)] = weak_gain_reason(gain, se, min_gain_se)
+        if not scores:  # e.g. gated as weak: no C, and no place in the seed agreement
+            del c[seed]
+            undefined[str(seed)] = "no single-block run recorded"
+            continue
         rewards[seed] = (base, full, [runs[f"layer-{k}"]["final_eval"]["per_prompt"] if f"layer-{k}" in runs
                                       else [np.nan] * len(base) for k in blocks])
     low, high = (paired_bootstrap_contribution(*(np.array([rewards[s][i] for s in rewards]) for i in range(3)),

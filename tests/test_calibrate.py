@@ -252,6 +252,19 @@ def test_contributions_by_hand():
     assert out["missing"] == ["2/layer-1", "2/layer-2"]
 
 
+def test_a_gated_seed_without_block_runs_leaves_the_seed_agreement_to_the_others():
+    """Seed 2's full run is weak, so calibrate ran none of its blocks: seeds 0 and 1 still give the agreement."""
+    recs = [_rec(0, "full", [1, 1, 0, 1]), _rec(0, "layer-0", [1, 1, 0, 1]), _rec(0, "layer-1", [1, 0, 0, 1]),
+            _rec(0, "layer-2", [0, 0, 0, 1]),
+            _rec(1, "full", [1, 1, 1, 1]), _rec(1, "layer-0", [1, 0, 0, 1]), _rec(1, "layer-1", [1, 1, 1, 1]),
+            _rec(1, "layer-2", [0, 0, 0, 0]),
+            _rec(2, "full", [1, 0, 0, 1])]  # gain 0.25 = 1 SE
+    out = contributions(recs, [], min_gain_se=3.0, n_boot=50)
+    assert out["seed_spearman"] == pytest.approx(0.5) and out["reliability"] == pytest.approx(2 / 3)
+    assert "2" in out["weak_seeds"] and out["undefined_seeds"]["2"] == "no single-block run recorded"
+    assert [x["contribution"] for x in out["layers"]] == pytest.approx([2 / 3, 0.75, -1 / 6])
+
+
 def test_runs_scored_on_other_prompts_make_a_seed_undefined():
     other = {**_rec(0, "layer-0", [1, 0, 0, 1])}
     other["base_eval"] = {**other["base_eval"], "ids": ["a", "b", "c", "e"]}
