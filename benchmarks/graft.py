@@ -52,7 +52,7 @@ def main() -> None:
     rl = RLConfig(**{**full_cfg, "save_steps": 0})
     probe_overrides = [f"graft_steps={args.graft_steps}", f"graft_learning_rate={rl.learning_rate}",
                        f"num_generations={rl.num_generations}", f"max_completion_length={rl.max_completion_length}",
-                       "signals=[graft_gain,knockout_loss]", "score_weights={graft_gain: 1.0}", *args.override]
+                       "signals=[graft_gain,knockout_loss]", "score_weights={graft_gain: 1.0}", "predictor=null", *args.override]
     results: dict = {"truth": truth, "probe": []}
 
     def rho(values) -> float:

@@ -38,7 +38,7 @@ def compare(model_path: str | None, seed: int, signals=SIGNALS, **probe) -> dict
                 "fp32 + bf16 autocast": Precision("float32", "bfloat16")}
     task = get_task("math")
     base, tok = load_model(model_path)
-    cfg = ProbeConfig(seed=seed, signals=list(signals), score_weights={}, **probe)
+    cfg = ProbeConfig(seed=seed, signals=list(signals), score_weights={}, predictor=None, **probe)
     torch.manual_seed(seed)
     ds = task.load_prompts("train", cfg.num_prompts, seed)
     ro = collect_rollouts(base, tok, task, ds, num_generations=cfg.num_generations,

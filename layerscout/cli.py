@@ -193,8 +193,8 @@ def _task_spec(opts: dict, task: str | None = None) -> tuple[str, list[str]]:
 @click.argument("model", required=False)
 @click.option("--probe", "probe_file", type=click.Path(dir_okay=False), help="probe recipe YAML (instead of --task)")
 @click.option("--predictor", type=click.Path(dir_okay=False),
-              help="score the blocks with this fitted predictor (`layerscout fit`; \"default\": the shipped one) "
-                   "instead of the recipe's score_weights")
+              help="the fitted predictor that scores the blocks (a `layerscout fit` JSON; default: the one shipped in "
+                   "probes/predictor.json); -o predictor=null uses the recipe's score_weights rule instead")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a recipe field, e.g. -o num_prompts=16 -o task_options.generator=chain_sum")
 @click.option("--from-run", "from_run", type=click.Path(file_okay=False),

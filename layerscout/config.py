@@ -65,12 +65,13 @@ class ProbeConfig:
         "signals to compute (see `layerscout signals ls`); a predictor's own signals are added",
     )
     predictor: str | None = _f(
-        None, "score the blocks with a fitted predictor instead of score_weights: a JSON file from `layerscout "
-              "fit`, or \"default\" for the one shipped in probes/predictor.json")
+        "default", "the fitted predictor that scores the blocks from the signals: \"default\" (the one shipped in "
+                   "probes/predictor.json, fitted on the calibration sweeps), a JSON file from `layerscout fit`, or "
+                   "null for the score_weights rule")
     score_weights: dict[str, float] = _f(
         {"attribution": 1.0},
-        "ranking score = weighted mean of these signals' within-model percentile ranks. Default: attribution "
-        "alone, the best of six candidate rules on the first four calibration sweeps (calibration/README.md)",
+        "with predictor null: ranking score = weighted mean of these signals' within-model percentile ranks "
+        "(attribution alone was recipe version 2's rule, chosen on the recipe-1 sweeps; calibration/README.md)",
     )
     graft_steps: int = _f(5, "graft_gain / knockout_loss: steps of their short full-parameter GRPO run")
     graft_learning_rate: float = _f(1e-4, "graft_gain / knockout_loss: learning rate of that run")

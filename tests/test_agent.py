@@ -40,25 +40,25 @@ class DenseAgent(AgentTask):
         episode.step_rewards[-1] += len(set(action)) / 10
 
 
-@pytest.fixture(scope="module")
-def coin():
-    task = get_task("agent", **COIN)
+def _opened(task):
+    """A game-backed task for a module's tests, closed (its JVM bridge) after them."""
     yield task
     task.close()
+
+
+@pytest.fixture(scope="module")
+def coin():
+    yield from _opened(get_task("agent", **COIN))
 
 
 @pytest.fixture(scope="module")
 def dense():
-    task = DenseAgent(**COIN)
-    yield task
-    task.close()
+    yield from _opened(DenseAgent(**COIN))
 
 
 @pytest.fixture(scope="module")
 def simon():
-    task = get_task("agent", **SIMON)
-    yield task
-    task.close()
+    yield from _opened(get_task("agent", **SIMON))
 
 
 @pytest.fixture(scope="module")

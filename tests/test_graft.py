@@ -101,7 +101,7 @@ def test_the_probe_pass_trains_a_copy_and_leaves_the_model(organism, math_task):
     assert "graft_gain" not in ProbeConfig().signals  # it costs an RL run
     before = _state(model)
     ranking = run_probe(model, tok, math_task, ProbeConfig(**FAST, signals=["graft_gain", "knockout_loss"],
-                                                           score_weights={"graft_gain": 1.0}), progress=False)
+                                                           score_weights={"graft_gain": 1.0}, predictor=None), progress=False)
     gains = [s.signals["graft_gain"] for s in ranking.layers]
     assert any(gains) and all(math.isfinite(g) for g in gains)
     assert ranking.cost["rl_steps"] == 1 and ranking.cost["forward_passes"] > 0

@@ -157,3 +157,22 @@ def test_rank_scores_with_a_fitted_predictor_and_records_it(tmp_path, organism_p
     assert data["top_layer"] == best
     r = CliRunner().invoke(cli, ["rank", str(organism_path), "--task", "math", "--predictor", str(tmp_path / "no.json")])
     assert r.exit_code == 2 and "no such predictor file" in r.output
+
+
+def test_the_shipped_predictor_is_the_default_and_names_its_sweeps(organism, math_task):
+    """probes/predictor.json loads, was fitted on sweeps that are in calibration/runs, and scores every ranking
+    that does not ask otherwise (the ranking records its design and version)."""
+    from pathlib import Path
+
+    from layerscout.config import ProbeConfig
+    from layerscout.predictor import load_predictor
+    from layerscout.probe import run_probe
+
+    shipped = load_predictor("default")
+    root = Path(__file__).resolve().parent.parent
+    assert all((root / s["dir"] / "contributions.json").is_file() for s in shipped.provenance["sweeps"])
+    assert len({s["model"] for s in shipped.provenance["sweeps"]}) >= 3
+    ranking = run_probe(*organism, math_task, ProbeConfig(num_prompts=6, max_completion_length=8, update_steps=1,
+                                                          signals=["grad_norm"]), progress=False)
+    assert ranking.config["scoring"] == shipped.describe()
+    assert set(shipped.signals) <= set(ranking.layers[0].signals)  # computed although the list named one signal

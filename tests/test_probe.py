@@ -215,7 +215,7 @@ def test_few_informative_groups_warn(organism, math_task, monkeypatch):
     monkeypatch.setattr(math_task, "reward", lambda completions, **kw: [1.0] + [0.0] * (len(completions) - 1))
     with pytest.warns(UserWarning, match="only 1 of 6 prompt groups got differing rewards"):
         run_probe(model, tok, math_task, ProbeConfig(**{**CFG, "signals": ["grad_norm"],
-                                                         "score_weights": {"grad_norm": 1.0}}), progress=False)
+                                                         "score_weights": {"grad_norm": 1.0}, "predictor": None}), progress=False)
 
 
 def test_nan_gradients_are_reported(organism, math_task):
@@ -309,7 +309,7 @@ def test_bf16_signals_agree_with_fp32(organism, math_task):
 
 def test_only_the_needed_passes_run_and_each_phase_records_its_peak(organism, math_task):
     model, tok = organism
-    cfg = ProbeConfig(**{**CFG, "signals": ["grad_norm", "lookahead_gain"], "score_weights": {"grad_norm": 1.0}})
+    cfg = ProbeConfig(**{**CFG, "signals": ["grad_norm", "lookahead_gain"], "score_weights": {"grad_norm": 1.0}, "predictor": None})
     cost = run_probe(model, tok, math_task, cfg, progress=False).cost
     assert list(cost["peak_memory_mib"]) == ["rollouts", "grad_sweep", "lookahead", "signals"]
     assert all(v > 0 for v in cost["peak_memory_mib"].values())
