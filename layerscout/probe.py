@@ -164,6 +164,13 @@ def check_signal(rollouts: Rollouts, config: ProbeConfig) -> None:
             f"{mean:.2f}); the lookahead needs one to step on and one to score: raise num_prompts or num_generations")
 
 
+def is_hub_id(model: str | None) -> bool:
+    """A hub model id ("Qwen/Qwen3-4B"): not the default organism, not a local dir or file."""
+    from pathlib import Path
+
+    return model is not None and not Path(model).exists() and not model.endswith(".gguf")
+
+
 def rank_layers(model: str | None = None, task: str = "math", *, overrides: list[str] = (), seed: int | None = None,
                 device: str = "auto", dtype: str = "auto", progress: bool = True) -> LayerRanking:
     """Load a model (hub id, local dir, .gguf; None = the default organism), probe it with a recipe (a built-in
@@ -174,8 +181,11 @@ def rank_layers(model: str | None = None, task: str = "math", *, overrides: list
     from .config import ModelSpec
     from .models import load_model
     from .recipes import build_task, load_recipe
+    from .tasks import task_class
 
     recipe = load_recipe(task, list(overrides) + ([f"seed={seed}"] if seed is not None else []))
+    if is_hub_id(model) and "hub" in task_class(recipe.task).options:
+        recipe.task_options.setdefault("hub", True)  # hub rungs (GSM8K, MATH-500) for a model from the hub
     task_obj = build_task(recipe)
     model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=recipe.task)
     ranking = run_probe(model_obj, tokenizer, task_obj, recipe.probe, progress=progress,

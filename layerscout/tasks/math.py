@@ -10,6 +10,7 @@ equivalent (~1 ms per completion), else 0.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import re
@@ -141,6 +142,9 @@ class MathTask(Task):
         answer; a hub-only rung without the hub is an error."""
         r = self.rung
         try:
+            if not hub_reachable():
+                raise LayerscoutError(f"could not load dataset {r.dataset!r}: the hub ({_hub_endpoint()}) is not "
+                                      "reachable")
             rows = _load_hub(r.dataset, r.dataset_config)
         except LayerscoutError as e:
             if r.generator is None:
@@ -266,6 +270,31 @@ def _read_file(path: Path) -> list[dict]:
         with path.open(newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f))
     raise LayerscoutError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(FILE_SUFFIXES)}")
+
+
+def _hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+@functools.cache
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connect within `timeout_s` (False in offline mode): checked once, so an
+    offline run falls back at once instead of after datasets' retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(_hub_endpoint())
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def _load_hub(name: str, config: str | None) -> list[dict]:
