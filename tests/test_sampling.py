@@ -60,6 +60,9 @@ def test_ladder_rungs_are_ordered_and_rung_zero_is_the_default_data():
 def test_rung_option_errors():
     with pytest.raises(LayerscoutError, match="rung sets the data; drop generator"):
         get_task("math", rung=2, generator="chain_sum")
+    explicit = get_task("math", rung="auto", generator="chain_sum")  # explicit data turns the ladder off
+    assert explicit.ladder() == [] and explicit.config["generator"] == "chain_sum"
+    assert get_task("math", rung="auto", dataset="x.jsonl").ladder() == []
     with pytest.raises(LayerscoutError, match="rung must be"):
         get_task("math", rung=len(LADDER))
     with pytest.raises(LayerscoutError, match="hub dataset only: set hub=true"):

@@ -68,7 +68,8 @@ class MathTask(Task):
     generator_config (None = the defaults above for basic_arithmetic, the generator's own otherwise), dataset
     (hub id, local dataset dir, or .jsonl/.json/.parquet/.csv file), dataset_config, question_column,
     answer_column (GSM8K-style "... #### 42" keeps the text after ####), system_prompt, rung (an index into
-    LADDER, replacing generator/generator_config; "auto" = rung 0 until the probe's pass-rate estimate picks one),
+    LADDER, replacing generator/generator_config; "auto" = rung 0 until the probe's pass-rate estimate picks one,
+    or no ladder when generator, generator_config or dataset is set),
     hub (rungs with a hub dataset load it with datasets.load_dataset, falling back to their generator when the
     hub does not answer; `layerscout rank` turns it on for hub models)."""
 
@@ -103,11 +104,14 @@ class MathTask(Task):
         rung = self.config["rung"]
         if rung is None:
             return None
-        pinned = sorted(k for k in ("generator", "generator_config", "dataset") if k in explicit)
+        pinned = sorted(k for k in ("generator", "generator_config", "dataset") if explicit.get(k) is not None)
+        if rung == "auto":  # explicit data wins over the ladder
+            if pinned:
+                self.config["rung"] = None
+                return None
+            return LADDER[0]
         if pinned:
             raise LayerscoutError(f"math: rung sets the data; drop {', '.join(pinned)} (or rung)")
-        if rung == "auto":
-            return LADDER[0]
         if isinstance(rung, bool) or not isinstance(rung, int) or not 0 <= rung < len(LADDER):
             raise LayerscoutError(f"math: rung must be \"auto\" or 0..{len(LADDER) - 1} "
                                   f"({', '.join(r.name for r in LADDER)}); got {rung!r}")
