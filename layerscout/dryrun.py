@@ -23,7 +23,7 @@ context (~0.5 GB) and library workspaces come on top.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .errors import LayerscoutError
