@@ -15,7 +15,7 @@ from layerscout.tasks import get_task, render_prompt
 from layerscout.tasks.math import LADDER, hub_reachable
 
 BAND = (0.2, 0.8)
-SMALL = dict(num_prompts=4, num_generations=4, update_steps=1, signals=["grad_norm"],
+SMALL = dict(num_prompts=4, num_generations=4, update_steps=1, signals=["grad_norm"], predictor=None,
              score_weights={"grad_norm": 1.0})
 
 
