@@ -40,14 +40,17 @@ def main() -> None:
     ranking = run_probe(model, tok, task, p)
     rank_s = time.perf_counter() - t0
 
+    d = ranking.to_dict()
+    # the GRPO steps roll out what the probe probed: its rung's prompts and completion budget, num_prompts groups
+    if d["rollouts"]["rung"] is not None:
+        task = type(task)(**{**recipe.task_options, "rung": d["rollouts"]["rung_index"]})
     rl = RLConfig(loss_type=p.loss_type, num_generations=p.num_generations, prompts_per_step=p.num_prompts,
-                  max_completion_length=p.max_completion_length, max_steps=args.steps, eval_prompts=1,
-                  save_steps=0, seed=p.seed)
+                  max_completion_length=d["rollouts"]["max_completion_length"], max_steps=args.steps,
+                  eval_prompts=1, save_steps=0, seed=p.seed)
     with tempfile.TemporaryDirectory() as out:
         run = train_layers((model, tok), task, None, rl, out, progress=False)
     step_s = run["step_seconds_median"]
 
-    d = ranking.to_dict()
     names = list(d["layers"][0]["signals"])
     print("layer rank  score " + " ".join(f"{n[:12]:>12}" for n in names))
     for row in d["layers"]:

@@ -44,7 +44,20 @@ class ProbeConfig:
 
     num_prompts: int = _f(16, "prompts sampled for the probe (prompt groups)")
     num_generations: int = _f(4, "completions per prompt (TRL's num_generations)")
-    max_completion_length: int = _f(32, "max new tokens per completion (TRL's max_completion_length)")
+    max_completion_length: int | None = _f(
+        None, "max new tokens per completion (TRL's max_completion_length); None = what the task needs for a direct "
+              "answer (math: 32 for sums up to 512 for competition problems), plus thinking_tokens when thinking")
+    enable_thinking: bool = _f(False, "hybrid thinking chat templates (Qwen3): let the model think before answering. "
+                                      "Off by default: the probe needs finished answers within a short budget")
+    thinking_tokens: int = _f(1024, "completion tokens added for the thinking block when enable_thinking is on")
+    few_shot: int = _f(3, "worked examples before each question for base models (no chat template)")
+    pass_band: list[float] = _f([0.2, 0.8], "group pass rates the pass-rate estimate aims for: it climbs the task's "
+                                            "difficulty ladder while the mean pass rate is above the band")
+    estimate_prompts: int = _f(4, "prompts per rung in the pass-rate estimate (num_generations completions each)")
+    dynamic_sampling: bool = _f(True, "DAPO dynamic sampling: draw more prompts and keep only groups whose rewards "
+                                      "differ, until num_prompts of them or prompt_budget prompts")
+    prompt_budget: int | None = _f(None, "most prompts drawn for the probe, the chosen rung's estimate prompts "
+                                         "included; None = 3 * num_prompts")
     temperature: float = _f(1.0, "sampling temperature")
     top_p: float = _f(1.0, "nucleus sampling")
     loss_type: str = _f("grpo", "advantage/loss normalisation: grpo | dr_grpo | gigpo (multi-turn tasks: episode + "
@@ -91,11 +104,20 @@ class ProbeConfig:
             raise LayerscoutError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {self.loss_type!r}")
         if not 0.0 < self.lookahead_fraction < 1.0:
             raise LayerscoutError(f"lookahead_fraction must be in (0, 1); got {self.lookahead_fraction}")
-        for name in ("max_completion_length", "batch_size", "graft_steps", "graft_prompts"):
-            if getattr(self, name) < 1:
+        for name in ("max_completion_length", "batch_size", "graft_steps", "graft_prompts", "estimate_prompts",
+                     "thinking_tokens", "prompt_budget"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LayerscoutError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.graft_learning_rate <= 0:
             raise LayerscoutError(f"graft_learning_rate must be > 0; got {self.graft_learning_rate}")
+        if self.few_shot < 0:
+            raise LayerscoutError(f"few_shot must be >= 0; got {self.few_shot}")
+        if len(self.pass_band) != 2 or not 0 <= self.pass_band[0] <= self.pass_band[1] <= 1:
+            raise LayerscoutError(f"pass_band must be [lo, hi] with 0 <= lo <= hi <= 1; got {self.pass_band}")
+        if self.prompt_budget is None:
+            self.prompt_budget = 3 * self.num_prompts
+        if self.prompt_budget < self.num_prompts:
+            raise LayerscoutError(f"prompt_budget ({self.prompt_budget}) must be >= num_prompts ({self.num_prompts})")
         if self.update_steps < 0:
             raise LayerscoutError(f"update_steps must be >= 0; got {self.update_steps}")
         from .signals import get_signal  # unknown names fail here, with suggestions

@@ -23,7 +23,7 @@ context (~0.5 GB) and library workspaces come on top.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .errors import LayerscoutError
@@ -267,8 +267,13 @@ def plan_rank(model: str | None, recipe, device: str = "auto", dtype: str = "aut
     shape = model_shape(model, task=recipe.task)
     kind, capacity = device_capacity(device)
     precision = planned_precision(kind, dtype)
+    task = build_task(recipe)
+    worst = (task.ladder() or [(None, task)])[-1][1]  # plan for the hardest rung the estimate may pick
     p = recipe.probe
-    prompt, how = prompt_tokens(model, build_task(recipe))
+    if p.max_completion_length is None:
+        from .sampling import DEFAULT_COMPLETION_LENGTH
+        p = replace(p, max_completion_length=worst.max_completion_length or DEFAULT_COMPLETION_LENGTH)
+    prompt, how = prompt_tokens(model, worst)
     estimate = probe_memory(shape, p, precision, prompt)
     return {"model": asdict(shape), "device": kind, "device_memory_bytes": capacity,
             "precision": precision.as_record(),

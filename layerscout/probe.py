@@ -6,6 +6,7 @@ unit is a forward+backward over every rollout token, about what one GRPO step sp
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from contextlib import contextmanager
@@ -23,7 +24,8 @@ from .precision import Precision, model_precision
 from .predictor import load_predictor
 from .ranking import LayerRanking, build_ranking, combine_signals
 from .records import model_fingerprint, provenance
-from .rollouts import Rollouts, collect_rollouts
+from .rollouts import Rollouts, pack_rollouts
+from .sampling import Selection, prompting, select_prompts
 from .signals import get_signal
 
 # Under this share of prompt groups with differing rewards, the ranking rests on a handful of prompts: warn.
@@ -38,7 +40,7 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
     >>> ranking = run_probe(*load_model(None), get_task("math"))   # doctest: +SKIP
     >>> ranking.top(3)                                              # doctest: +SKIP
     """
-    from .multiturn import check_algo
+    from .multiturn import check_algo, is_multi_turn
 
     config = config or ProbeConfig()
     predictor = load_predictor(config.predictor)
@@ -52,7 +54,17 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
     torch.manual_seed(config.seed)
 
     with meter.phase("rollouts"):
-        rollouts = _rollouts(model, tokenizer, task, config, precision, progress)
+        if is_multi_turn(task):
+            config = dataclasses.replace(config, max_completion_length=prompting(config, tokenizer, task)[1])
+            rollouts = _episode_rollouts(model, tokenizer, task, config, precision, progress)
+            selection = Selection.of_all(rollouts, config.max_completion_length)
+        else:
+            task, groups, selection = select_prompts(model, tokenizer, task, config, precision, progress)
+            config = dataclasses.replace(config, max_completion_length=selection.max_completion_length)
+            rollouts = pack_rollouts(model, tokenizer, groups, temperature=config.temperature,
+                                     loss_type=config.loss_type, batch_size=max(config.batch_size, 8),
+                                     precision=precision)
+            del groups
     check_signal(rollouts, config)
 
     with _probe_mode(model), fused_head(model, config.temperature):
@@ -74,38 +86,27 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
     return build_ranking(
         values, scores, model=model_name(model), task=task.name, algo=config.loss_type,
         seed=config.seed,
-        cost={**ctx.cost.as_dict(time.perf_counter() - start, rollouts.generated_tokens),
+        cost={**ctx.cost.as_dict(time.perf_counter() - start, selection.generated_tokens),
               "peak_memory_mib": meter.peaks, "memory_measure": meter.kind},
         rollouts={"prompts": rollouts.num_groups, "num_generations": rollouts.group_size,
                   "mean_reward": float(rollouts.rewards.mean()),
                   "informative_groups": len(rollouts.informative_groups()),
-                  "probe_groups": ctx.probe_groups, "heldout_groups": ctx.heldout_groups},
+                  "probe_groups": ctx.probe_groups, "heldout_groups": ctx.heldout_groups,
+                  **selection.as_dict(rollouts.num_groups, len(rollouts.informative_groups()))},
         config={**vars(config), "task_version": task.version, "precision": precision.as_record(), "scoring": scoring},
         provenance=provenance(), model_fingerprint=model_fingerprint(model))
 
 
-def _rollouts(model, tokenizer, task, config: ProbeConfig, precision: Precision, progress: bool) -> Rollouts:
-    """One round of rollouts: sampled completions of prompt groups, or, for a multi-turn task, the step samples of
-    played games with GiGPO advantages, one group per game (multiturn.StepRollouts: groups differ in rows)."""
-    from tqdm.auto import tqdm
-
-    from .multiturn import episode_rollouts, is_multi_turn
+def _episode_rollouts(model, tokenizer, task, config: ProbeConfig, precision: Precision, progress: bool) -> Rollouts:
+    """A multi-turn task's rollouts: the step samples of played games with GiGPO advantages, one group per game
+    (multiturn.StepRollouts: groups differ in rows). No ladder or dynamic sampling: every game is played."""
+    from .multiturn import episode_rollouts
 
     dataset = task.load_prompts("train", config.num_prompts, config.seed)
-    with tqdm(total=len(dataset), desc="rollouts", unit="prompt", disable=not progress) as bar:
-        if is_multi_turn(task):
-            rollouts = episode_rollouts(model, tokenizer, task, list(dataset["answer"]),
-                                        num_generations=config.num_generations,
-                                        max_completion_length=config.max_completion_length,
-                                        temperature=config.temperature, top_p=config.top_p,
-                                        loss_type=config.loss_type, precision=precision,
-                                        batch_size=max(config.batch_size, config.num_prompts * config.num_generations))
-            bar.update(len(dataset))
-            return rollouts
-        return collect_rollouts(model, tokenizer, task, dataset, num_generations=config.num_generations,
-                                max_completion_length=config.max_completion_length,
-                                temperature=config.temperature, top_p=config.top_p, loss_type=config.loss_type,
-                                batch_size=max(config.batch_size, 8), precision=precision, progress=bar.update)
+    return episode_rollouts(model, tokenizer, task, list(dataset["answer"]), num_generations=config.num_generations,
+                            max_completion_length=config.max_completion_length, temperature=config.temperature,
+                            top_p=config.top_p, loss_type=config.loss_type, precision=precision,
+                            batch_size=max(config.batch_size, config.num_prompts * config.num_generations))
 
 
 @contextmanager
@@ -163,6 +164,13 @@ def check_signal(rollouts: Rollouts, config: ProbeConfig) -> None:
             f"{mean:.2f}); the lookahead needs one to step on and one to score: raise num_prompts or num_generations")
 
 
+def is_hub_id(model: str | None) -> bool:
+    """A hub model id ("Qwen/Qwen3-4B"): not the default organism, not a local dir or file."""
+    from pathlib import Path
+
+    return model is not None and not Path(model).exists() and not model.endswith(".gguf")
+
+
 def rank_layers(model: str | None = None, task: str = "math", *, overrides: list[str] = (), seed: int | None = None,
                 device: str = "auto", dtype: str = "auto", progress: bool = True) -> LayerRanking:
     """Load a model (hub id, local dir, .gguf; None = the default organism), probe it with a recipe (a built-in
@@ -173,8 +181,11 @@ def rank_layers(model: str | None = None, task: str = "math", *, overrides: list
     from .config import ModelSpec
     from .models import load_model
     from .recipes import build_task, load_recipe
+    from .tasks import task_class
 
     recipe = load_recipe(task, list(overrides) + ([f"seed={seed}"] if seed is not None else []))
+    if is_hub_id(model) and "hub" in task_class(recipe.task).options:
+        recipe.task_options.setdefault("hub", True)  # hub rungs (GSM8K, MATH-500) for a model from the hub
     task_obj = build_task(recipe)
     model_obj, tokenizer = load_model(ModelSpec(name_or_path=model, device=device, dtype=dtype), task=recipe.task)
     ranking = run_probe(model_obj, tokenizer, task_obj, recipe.probe, progress=progress,

@@ -188,7 +188,7 @@ def test_rank_json_and_output_file(ranked, organism_path, tmp_path):
 def test_probes_cp_then_validate(tmp_path):
     dest = tmp_path / "my.yaml"
     assert run("probes", "cp", "math", str(dest)).exit_code == 0
-    assert "ok: task math v2" in run("probes", "validate", str(dest)).output
+    assert "ok: task math v3" in run("probes", "validate", str(dest)).output
     dest.write_text(dest.read_text().replace("num_prompts: 16", "num_prompts: many") + "bogus: 1\n")
     r = CliRunner().invoke(cli, ["probes", "validate", str(dest)])
     assert r.exit_code == 2

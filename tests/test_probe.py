@@ -210,12 +210,14 @@ def test_identical_rewards_refuse_to_rank(organism, math_task, monkeypatch):
 
 
 def test_few_informative_groups_warn(organism, math_task, monkeypatch):
-    """Only the first completion of the whole batch is rewarded: one group of six carries the signal."""
+    """Only the first completion of the whole batch is rewarded: one group of six carries the signal (dynamic
+    sampling off: it would draw more prompts)."""
     model, tok = organism
     monkeypatch.setattr(math_task, "reward", lambda completions, **kw: [1.0] + [0.0] * (len(completions) - 1))
     with pytest.warns(UserWarning, match="only 1 of 6 prompt groups got differing rewards"):
-        run_probe(model, tok, math_task, ProbeConfig(**{**CFG, "signals": ["grad_norm"],
-                                                         "score_weights": {"grad_norm": 1.0}, "predictor": None}), progress=False)
+        run_probe(model, tok, math_task, ProbeConfig(**{**CFG, "signals": ["grad_norm"], "dynamic_sampling": False,
+                                                         "score_weights": {"grad_norm": 1.0}, "predictor": None}),
+                  progress=False)
 
 
 def test_nan_gradients_are_reported(organism, math_task):

@@ -8,7 +8,7 @@ first lookup; `custom` is the user's own dataset and reward function (tasks/cust
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..errors import LayerscoutError
 from .base import Task
@@ -76,12 +76,27 @@ def get_task(name: str, **options: Any) -> Task:
     return task_class(name)(**options)
 
 
-def render_prompt(tokenizer: Any, messages: list[dict]) -> str:
-    """The text a model sees for `messages`, ending where the assistant's answer starts. Tokenizers without
-    a chat template get the messages' contents joined by newlines, plus a final newline."""
+def render_prompt(tokenizer: Any, messages: list[dict], *, enable_thinking: bool | None = None,
+                  shots: Sequence[tuple[str, str]] = ()) -> str:
+    """The text a model sees for `messages`, ending where the assistant's answer starts.
+
+    Chat models get their template; `enable_thinking` reaches templates that read it (Qwen3's hybrid thinking:
+    False closes an empty think block so the model answers directly). Base models (no chat template) get a plain
+    few-shot prompt, "Question: q\nAnswer: a\n\n" per (q, a) in `shots`, then "Question: ...\nAnswer:"; without
+    shots, the messages' contents joined by newlines, plus a final newline.
+    """
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return "\n".join(m["content"] for m in messages) + "\n"
+        extra = {"enable_thinking": enable_thinking} if enable_thinking is not None else {}
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
+    text = "\n".join(m["content"] for m in messages)
+    if not shots:
+        return text + "\n"
+    return "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in shots) + f"Question: {text}\nAnswer:"
+
+
+def is_thinking_template(tokenizer: Any) -> bool:
+    """A hybrid thinking chat template (Qwen3's): one that reads `enable_thinking`."""
+    return "enable_thinking" in (getattr(tokenizer, "chat_template", None) or "")
 
 
 from . import agent as _agent  # noqa: E402,F401  (registers "agent")
@@ -89,4 +104,4 @@ from . import code as _code  # noqa: E402,F401  (registers "code")
 from . import custom as _custom  # noqa: E402,F401  (registers "custom")
 from . import math as _math  # noqa: E402,F401  (registers "math")
 
-__all__ = ["Task", "get_task", "list_tasks", "register_task", "render_prompt", "task_class"]
+__all__ = ["Task", "get_task", "list_tasks", "is_thinking_template", "register_task", "render_prompt", "task_class"]

@@ -114,6 +114,16 @@ class Task:
     def score(self, text: str, answer: str) -> float:
         raise NotImplementedError
 
+    @property
+    def max_completion_length(self) -> int | None:
+        """Tokens a direct answer needs (None = no opinion): the probe's default completion budget."""
+        return None
+
+    def ladder(self) -> list[tuple[str, Task]]:
+        """(rung name, task) per difficulty rung, easiest first, for the probe to pick from by pass rate; [] = the
+        task's prompts as configured."""
+        return []
+
     def near_miss(self, answer: str, rng: random.Random) -> str:
         """A plausible wrong answer to `answer`: the noisy label model organisms learn beside the gold one."""
         raise LayerscoutError(f"task {self.name!r} has no near-miss labels: build its organism with label_accuracy=1")
