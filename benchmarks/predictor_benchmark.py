@@ -77,9 +77,10 @@ def rank_cost(directory: Path) -> dict:
 
 
 def measure_cost(directory: Path, repeats: int = 2) -> dict:
-    """rank and one full-parameter run of the sweep's own settings (calibrate's run_job into a temporary dir that
-    holds the sweep's base eval, so the run pays what each sweep run paid), alternated `repeats` times in this
-    process: medians of each and their ratio, on the same machine under the same load."""
+    """rank (the default: only the predictor's signals; and `-o signals=[all]`, every signal, as calibration rankings
+    compute them) and one full-parameter run of the sweep's own settings (calibrate's run_job into a temporary dir
+    that holds the sweep's base eval, so the run pays what each sweep run paid), alternated `repeats` times in this
+    process: medians of each and their ratios, on the same machine under the same load."""
     import dataclasses
     import shutil
     import tempfile
@@ -90,22 +91,25 @@ def measure_cost(directory: Path, repeats: int = 2) -> dict:
 
     config = load_config(directory / MANIFEST)
     overrides = [f"task_options.{k}={json.dumps(v)}" for k, v in config.task_options.items()]
-    rank_s, full_s = [], []
+    variants = {"rank": [], "rank_all_signals": ["signals=[all]"]}
+    seconds = {name: [] for name in [*variants, "full_run"]}
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(directory / BASE_EVAL, Path(tmp) / BASE_EVAL)
         for i in range(repeats):
-            start = time.perf_counter()
-            rank_layers(config.model, config.task, overrides=overrides, progress=False)
-            rank_s.append(time.perf_counter() - start)
+            for name, extra in variants.items():
+                start = time.perf_counter()
+                rank_layers(config.model, config.task, overrides=overrides + extra, progress=False)
+                seconds[name].append(time.perf_counter() - start)
             job = {"id": f"cost/{i}", "seed": 0, "name": f"full-{i}", "layers": None, "command": "",
                    "record": str(Path(tmp) / f"full-{i}.json")}
             start = time.perf_counter()
             run_job(dataclasses.replace(config, output=tmp), job, progress=False)
-            full_s.append(time.perf_counter() - start)
+            seconds["full_run"].append(time.perf_counter() - start)
     n_runs = len(list(directory.glob("runs/*/*.json")))
-    rank_m, full_m = float(np.median(rank_s)), float(np.median(full_s))
-    return {"rank_seconds": rank_s, "full_run_seconds": full_s, "vs_full_run": rank_m / full_m,
-            "vs_sweep": rank_m / (full_m * n_runs), "sweep_runs": n_runs,
+    med = {name: float(np.median(v)) for name, v in seconds.items()}
+    return {**{f"{name}_seconds": v for name, v in seconds.items()},
+            "vs_full_run": med["rank"] / med["full_run"], "vs_sweep": med["rank"] / (med["full_run"] * n_runs),
+            "all_signals_vs_full_run": med["rank_all_signals"] / med["full_run"], "sweep_runs": n_runs,
             "note": "vs_sweep counts every sweep run at the full run's median (single-block runs cost about as much)"}
 
 
@@ -152,10 +156,11 @@ def main() -> None:
     measured = None
     if args.measure_cost:
         measured = measure_cost(Path(args.measure_cost))
-        print(f"measured side by side on {Path(args.measure_cost).name}: rank {np.median(measured['rank_seconds']):.0f} s"
-              f" (median of {len(measured['rank_seconds'])}) = {100 * measured['vs_full_run']:.1f} % of one full run "
-              f"({np.median(measured['full_run_seconds']):.0f} s), {100 * measured['vs_sweep']:.2f} % of the sweep "
-              f"({measured['sweep_runs']} runs)")
+        print(f"measured side by side on {Path(args.measure_cost).name} (medians of {len(measured['rank_seconds'])}):"
+              f" rank {np.median(measured['rank_seconds']):.1f} s = {100 * measured['vs_full_run']:.1f} % of one full "
+              f"run ({np.median(measured['full_run_seconds']):.0f} s), {100 * measured['vs_sweep']:.2f} % of the sweep "
+              f"({measured['sweep_runs']} runs); rank -o signals=[all] {np.median(measured['rank_all_signals_seconds']):.1f}"
+              f" s = {100 * measured['all_signals_vs_full_run']:.1f} % of one full run")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "costs": costs, "measured_cost": measured}, indent=2,
                                               default=float) + "\n")

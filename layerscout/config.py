@@ -71,11 +71,9 @@ class ProbeConfig:
     gradient_checkpointing: bool = _f(False, "recompute each block's activations in the backward passes: about "
                                              "one more forward, for a fraction of the activation memory")
     signals: list[str] = _f(
-        ["grad_norm", "grad_norm_per_param", "grad_norm_rel", "fisher_trace", "grad_snr", "update_norm",
-         "attribution", "own_attribution", "taylor_saliency", "natural_grad", "lookahead_gain", "depth_prior",
-         "spectral_snr", *(f"{s}_depthres" for s in ("grad_norm", "fisher_trace", "grad_snr", "attribution",
-                                                     "taylor_saliency", "natural_grad"))],
-        "signals to compute (see `layerscout signals ls`); a predictor's own signals are added",
+        [], "signals to compute and record besides the ones the score needs (the predictor's inputs; with "
+            "predictor null, score_weights' signals); [all] = every probe signal (signals.ALL_SIGNALS), the features "
+            "`layerscout fit` learns from. See `layerscout signals ls`",
     )
     predictor: str | None = _f(
         "default", "the fitted predictor that scores the blocks from the signals: \"default\" (the one shipped in "
@@ -120,18 +118,22 @@ class ProbeConfig:
             raise LayerscoutError(f"prompt_budget ({self.prompt_budget}) must be >= num_prompts ({self.num_prompts})")
         if self.update_steps < 0:
             raise LayerscoutError(f"update_steps must be >= 0; got {self.update_steps}")
-        from .signals import get_signal  # unknown names fail here, with suggestions
+        from .signals import ALL_SIGNALS
 
-        for name in self.signals:
+        self.signals = list(dict.fromkeys(n for s in self.signals for n in (ALL_SIGNALS if s == "all" else (s,))))
+        self.signal_names()  # unknown signal names and a missing or bad predictor file fail here
+
+    def signal_names(self) -> list[str]:
+        """Every signal the probe computes: `signals`, then the score's inputs (the predictor's, else score_weights')."""
+        from .predictor import load_predictor
+        from .signals import get_signal  # unknown names fail with suggestions
+
+        predictor = load_predictor(self.predictor)
+        scored = predictor.signals if predictor is not None else list(self.score_weights)
+        names = list(dict.fromkeys([*self.signals, *scored]))
+        for name in names:
             get_signal(name)
-        if self.predictor is not None:
-            from .predictor import load_predictor  # a missing or bad file fails here
-
-            for name in load_predictor(self.predictor).signals:
-                get_signal(name)
-        unknown = set(self.score_weights) - set(self.signals) if self.predictor is None else ()
-        if unknown:
-            raise LayerscoutError(f"score_weights name signals not in `signals`: {', '.join(sorted(unknown))}")
+        return names
 
 
 # ---------------------------------------------------------------- YAML -> dataclass

@@ -133,7 +133,11 @@ def _bytes_of(dtype: str) -> int:
 
 def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dict:
     """Peak bytes per probe phase for ProbeConfig `probe` under Precision `precision`: {"phases": {phase:
-    {term: bytes}}, "peak_phase", "peak_bytes"}; on CPU host-side state counts in the same memory."""
+    {term: bytes}}, "peak_phase", "peak_bytes"}, the rollouts and the passes its signals plan (passes.plan_passes);
+    on CPU host-side state counts in the same memory."""
+    from .passes import plan_passes
+    from .signals import get_signal
+
     w, c = _bytes_of(precision.weights), _bytes_of(precision.compute)
     r = 4 if precision.weights == "float32" else w
     seq = prompt_tokens + probe.max_completion_length
@@ -148,6 +152,9 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
     phases = {
         "rollouts": {"weights": weights, "kv_cache": _kv_cache(shape, gen_batch, seq, c),
                      "logits": gen_batch * shape.vocab_size * 4 * 2},
+        "policy_grad": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": nb, "autograd_grads": nb * c,
+                        "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
+                        "logits": _logits(shape, sweep_batch * seq, precision.device_type)},
         "grad_sweep": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": nb,
                        "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
                        "logits": _logits(shape, sweep_batch * seq, precision.device_type),
@@ -163,7 +170,13 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
         "attribution": {"weights": weights, "activations": _activations(shape, probe.batch_size * seq, c, r, ckpt),
                         "block_outputs": shape.num_layers * probe.batch_size * seq * shape.hidden_size * r,
                         "logits": _logits(shape, probe.batch_size * seq, precision.device_type)},
+        "group_moments": {"weights": weights, "moment_accumulators": nb * 4 * 3, "autograd_grads": nb * c,
+                          "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
+                          "logits": _logits(shape, sweep_batch * seq, precision.device_type)},
     }
+    phases["own_attribution"] = dict(phases["attribution"])
+    planned = plan_passes([n for name in probe.signal_names() for n in get_signal(name).needs])
+    phases = {k: v for k, v in phases.items() if k == "rollouts" or k in planned}
     if host_on_device:
         for terms in phases.values():
             terms["runtime"] = CPU_RUNTIME

@@ -26,25 +26,29 @@ class Pass:
     fn: Callable[..., Any]
     help: str
     needs: tuple[str, ...] = ()
+    covers: tuple[str, ...] = ()  # cheaper passes whose result this one's contains: planned together, it runs alone
+    old_logps: bool = False  # reads the rollouts' old log-probs (the probe records them only when a pass does)
 
 
 PASSES: dict[str, Pass] = {}
 
 
-def register_pass(name: str, help: str, needs: Sequence[str] = ()):
-    """Decorator: `@register_pass("update_steps", "...", needs=("grad_sweep",)) def f(ctx, grad_sweep): ...`.
-    Passes run in the order they are registered, so a pass may only need passes registered before it."""
+def register_pass(name: str, help: str, needs: Sequence[str] = (), covers: Sequence[str] = (),
+                  old_logps: bool = False):
+    """Decorator: `@register_pass("update_steps", "...", needs=("policy_grad",)) def f(ctx, policy_grad): ...`.
+    Passes run in the order they are registered, so a pass may only need (or cover) passes registered before it."""
     def deco(fn):
-        unknown = [n for n in needs if n not in PASSES]
+        unknown = [n for n in (*needs, *covers) if n not in PASSES]
         if unknown:
-            raise ValueError(f"pass {name!r} needs {unknown}, not registered before it")
-        PASSES[name] = Pass(name, fn, help, tuple(needs))
+            raise ValueError(f"pass {name!r} needs or covers {unknown}, not registered before it")
+        PASSES[name] = Pass(name, fn, help, tuple(needs), tuple(covers), old_logps)
         return fn
     return deco
 
 
 def plan_passes(needs: Sequence[str]) -> list[str]:
-    """Every pass the given needs require (their own needs included), in execution order."""
+    """Every pass the given needs require (their own needs included), in execution order, less those a planned
+    pass covers (its result stands in for theirs)."""
     wanted: set[str] = set()
     stack = list(needs)
     while stack:
@@ -54,7 +58,8 @@ def plan_passes(needs: Sequence[str]) -> list[str]:
         if name not in wanted:
             wanted.add(name)
             stack += PASSES[name].needs
-    return [name for name in PASSES if name in wanted]
+    covered = {c for name in wanted for c in PASSES[name].covers}
+    return [name for name in PASSES if name in wanted and name not in covered]
 
 
 class Cost:
@@ -160,11 +165,26 @@ def run_passes(ctx: PassContext, names: Sequence[str], meter) -> dict[str, Any]:
         p = PASSES[name]
         with meter.phase(name):
             results[name] = p.fn(ctx, **{n: results[n] for n in p.needs})
-        still_needed = {n for later in names[i + 1:] for n in PASSES[later].needs}
-        for done, result in results.items():
-            if done not in still_needed and hasattr(result, "release"):
+        results.update(dict.fromkeys(p.covers, results[name]))
+        still_needed = {id(results[n]) for later in names[i + 1:] for n in PASSES[later].needs}
+        for result in results.values():
+            if id(result) not in still_needed and hasattr(result, "release"):
                 result.release()
     return results
+
+
+@contextmanager
+def block_params_require_grad(blocks):
+    """The blocks' parameters require grad, for torch.autograd.grad (the probe turns every flag off), then not."""
+    params = [p for b in blocks for p in b.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield params
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
 
 
 @contextmanager

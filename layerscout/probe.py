@@ -19,7 +19,7 @@ from .errors import LayerscoutError
 from .logprobs import fused_head
 from .memory import MemoryMeter
 from .models import model_name
-from .passes import PassContext, plan_passes, run_passes
+from .passes import PASSES, PassContext, plan_passes, run_passes
 from .precision import Precision, model_precision
 from .predictor import load_predictor
 from .ranking import LayerRanking, build_ranking, combine_signals
@@ -44,10 +44,10 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
 
     config = config or ProbeConfig()
     predictor = load_predictor(config.predictor)
-    names = dict.fromkeys([*config.signals, *(predictor.signals if predictor else ())])
-    signals = [get_signal(name) for name in names]  # unknown names fail before any work
+    signals = [get_signal(name) for name in config.signal_names()]
     check_algo(task, config.loss_type)
     passes = plan_passes([n for s in signals for n in s.needs])
+    old_logps = any(PASSES[p].old_logps for p in passes)
     precision = precision or model_precision(model)
     meter = MemoryMeter(next(model.parameters()).device)
     start = time.perf_counter()
@@ -63,15 +63,16 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
             config = dataclasses.replace(config, max_completion_length=selection.max_completion_length)
             rollouts = pack_rollouts(model, tokenizer, groups, temperature=config.temperature,
                                      loss_type=config.loss_type, batch_size=max(config.batch_size, 8),
-                                     precision=precision)
+                                     precision=precision, old_logps=old_logps)
             del groups
-    check_signal(rollouts, config)
+    check_signal(rollouts, lookahead="lookahead_gain" in (s.name for s in signals))
 
     with _probe_mode(model), fused_head(model, config.temperature):
         ctx = PassContext(model, rollouts, config, precision,
                           *split_groups(rollouts, config.lookahead_fraction, config.seed), progress=progress,
                           task=task, tokenizer=tokenizer)
-        ctx.cost.forward(ctx.cost.rollout_tokens)  # the forward that recorded old_logps
+        if rollouts.old_logps is not None:
+            ctx.cost.forward(ctx.cost.rollout_tokens)  # the forward that recorded the old log-probs
         results = run_passes(ctx, passes, meter)
 
     with meter.phase("signals"):
@@ -142,8 +143,9 @@ def split_groups(rollouts: Rollouts, heldout_fraction: float, seed: int) -> tupl
     return sorted(probe), sorted(held)
 
 
-def check_signal(rollouts: Rollouts, config: ProbeConfig) -> None:
-    """Refuse to rank from rollouts that carry no policy gradient, and say what to change."""
+def check_signal(rollouts: Rollouts, lookahead: bool = False) -> None:
+    """Refuse to rank from rollouts that carry no policy gradient (or, for the lookahead, fewer than two informative
+    groups), and say what to change."""
     info = rollouts.informative_groups()
     mean = float(rollouts.rewards.mean())
     if not info:
@@ -158,7 +160,7 @@ def check_signal(rollouts: Rollouts, config: ProbeConfig) -> None:
         warnings.warn(f"only {len(info)} of {rollouts.num_groups} prompt groups got differing rewards (mean reward "
                       f"{mean:.2f}): the ranking rests on those few; raise num_prompts or num_generations",
                       stacklevel=3)
-    if "lookahead_gain" in config.signals and len(info) < 2:
+    if lookahead and len(info) < 2:
         raise LayerscoutError(
             f"only {len(info)} of {rollouts.num_groups} prompt groups got differing rewards (mean reward "
             f"{mean:.2f}); the lookahead needs one to step on and one to score: raise num_prompts or num_generations")

@@ -30,7 +30,7 @@ class Rollouts:
     rewards: torch.Tensor
     advantages: torch.Tensor
     group: torch.Tensor
-    old_logps: torch.Tensor
+    old_logps: torch.Tensor | None  # None when no pass reads them (pack_rollouts(old_logps=False))
     completions: list[str]
     group_size: int
 
@@ -195,13 +195,14 @@ def sample_groups(model, tokenizer, task, dataset, *, num_generations: int, max_
 
 
 def pack_rollouts(model, tokenizer, groups: Groups, *, temperature: float = 1.0, loss_type: str = "grpo",
-                  batch_size: int = 32, precision: Precision | None = None) -> Rollouts:
-    """Pad the groups into one batch, compute advantages, and record the old log-probs at `temperature` under the
-    precision policy (default: the model's own)."""
+                  batch_size: int = 32, precision: Precision | None = None, old_logps: bool = True) -> Rollouts:
+    """Pad the groups into one batch, compute advantages, and (unless `old_logps` is False: a forward over every
+    rollout that only ratio-based passes read) record the old log-probs at `temperature` under the precision policy
+    (default: the model's own)."""
     ids, attn, cmask, texts = _pack(groups.rows, tokenizer)
     advantages = group_advantages(groups.rewards, groups.group_size, loss_type)
     old = sequence_logps(model, ids, attn, cmask, temperature=temperature, precision=precision,
-                         batch_size=max(1, batch_size // 4))
+                         batch_size=max(1, batch_size // 4)) if old_logps else None
     group = torch.arange(groups.num_groups).repeat_interleave(groups.group_size)
     return Rollouts(ids, attn, cmask, groups.rewards, advantages, group, old, texts, groups.group_size)
 

@@ -339,7 +339,8 @@ def test_episode_rollouts_are_step_samples_grouped_by_game(dense, tok):
 def test_probe_ranks_blocks_from_gigpo_step_samples(dense, tok):
     model = fresh(tok, layers=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = ProbeConfig(num_prompts=4, num_generations=2, max_completion_length=6, loss_type="gigpo")
+    config = ProbeConfig(num_prompts=4, num_generations=2, max_completion_length=6, loss_type="gigpo",
+                         signals=["attribution", "grad_norm", "lookahead_gain"])
     d = run_probe(model, tok, dense, config, progress=False).to_dict()
     assert d["algo"] == "gigpo" and d["task"] == "agent" and len(d["layers"]) == 3
     assert d["rollouts"]["prompts"] == 4 and d["rollouts"]["num_generations"] == 2

@@ -80,7 +80,13 @@ def test_rank_dry_run_reads_only_the_config():
     plan = json.loads(out.output)
     assert plan["model"]["params"] == 8_190_735_360 and plan["rollouts"]["completions"] == 64
     assert plan["rollouts"]["prompt_tokens_source"].startswith("assumed")
-    assert set(plan["memory"]["phases"]) >= {"grad_sweep", "update_steps", "lookahead"}
+    assert set(plan["memory"]["phases"]) == {"rollouts", "policy_grad"}  # what the default predictor needs
+    out = CliRunner().invoke(cli, ["rank", str(HUB / "Qwen3-8B"), "--dry-run", "--json", "--device", "cpu",
+                                   "-o", "signals=[all]"])
+    assert out.exit_code == 0, out.output
+    every = json.loads(out.output)["memory"]
+    assert set(every["phases"]) >= {"grad_sweep", "update_steps", "lookahead", "group_moments"}
+    assert every["peak_bytes"] > plan["memory"]["peak_bytes"]
     assert plan["fits"] in (True, False)
 
 

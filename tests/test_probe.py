@@ -14,8 +14,9 @@ from layerscout.passes import PassContext
 from layerscout.precision import Precision
 from layerscout.probe import _probe_mode, run_probe, split_groups
 from layerscout.rollouts import collect_rollouts
-from layerscout.signals import get_signal
-from layerscout.signals.gradients import gradient_sweep
+from layerscout.signals import ALL_SIGNALS, get_signal
+from layerscout.signals.gradients import gradient_sweep, policy_gradient
+from layerscout.signals.moments import diagonal_natural_norm, group_moments, zico_score
 
 CFG = dict(num_prompts=6, num_generations=4, max_completion_length=8, update_steps=2)
 
@@ -68,6 +69,8 @@ def test_gradient_signals_match_independent_autograd(organism, math_task, sizes)
     stats, ctx = _sweep(model, cfg, ro)
     sizes = [len(list(b.parameters())) for b in ctx.blocks]
     fisher, pg, group_sq = np.zeros(ctx.n_layers), None, np.zeros((ro.num_groups, ctx.n_layers))
+    group_grads = []  # per group: M × its share of ∇J, per block parameter
+    flat = [p for b in ctx.blocks for p in b.parameters()]
     weights = sequence_weights(ro.advantages, ro.completion_mask, "grpo", cfg.max_completion_length)
 
     def per_block(grads):
@@ -85,6 +88,7 @@ def test_gradient_signals_match_independent_autograd(organism, math_task, sizes)
             contrib = [float(weights[i]) * g if g is not None else None for g in grads]
             group = contrib if group is None else [a + b if b is not None else a for a, b in zip(group, contrib)]
         group_sq[m] = per_block([g * ro.num_groups for g in group])
+        group_grads.append([g * ro.num_groups if g is not None else None for g in group])
         pg = group if pg is None else [a + b for a, b in zip(pg, group)]
     np.testing.assert_allclose(stats.fisher, fisher / ro.input_ids.shape[0], rtol=1e-4)
     np.testing.assert_allclose(stats.pg_sq_norm, per_block(pg), rtol=1e-4)
@@ -95,6 +99,31 @@ def test_gradient_signals_match_independent_autograd(organism, math_task, sizes)
     taylor = per_block_abs([(p.detach() * g).abs() for p, g in zip([p for b in ctx.blocks for p in b.parameters()], pg)],
                            sizes)
     np.testing.assert_allclose(stats.taylor, taylor, rtol=1e-4)
+    # the plain-autograd policy_grad pass gives the same ∇J, reductions and probe sign
+    with _probe_mode(model), fused_head(model, cfg.temperature):
+        plain = policy_gradient(ctx)
+    np.testing.assert_allclose(plain.pg_sq_norm, stats.pg_sq_norm, rtol=1e-4)
+    np.testing.assert_allclose(plain.taylor, stats.taylor, rtol=1e-4)
+    assert plain.fisher is None and plain.group_sq_norms is None
+    for p, g in stats.total.items():
+        torch.testing.assert_close(plain.total[p], g, rtol=1e-4, atol=1e-7)
+    same = sum(int((plain.probe_sign[p] == s).sum()) for p, s in stats.probe_sign.items())
+    assert same >= 0.999 * sum(s.numel() for s in stats.probe_sign.values())  # only rounding-level entries differ
+    # the group_moments pass (its own autograd, several groups per micro-batch) against the same group gradients
+    with _probe_mode(model), fused_head(model, cfg.temperature):
+        moments = group_moments(ctx)
+    zico, natural, k0 = [], [], 0
+    for n in sizes:
+        per_group = [torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in
+                                zip(gs[k0:k0 + n], flat[k0:k0 + n])]) for gs in group_grads]
+        stack = torch.stack(per_group)
+        s0, s1, s2 = stack.sum(0), stack.abs().sum(0), stack.square().sum(0)
+        zico.append(zico_score(s0, s1, s2, ro.num_groups))
+        natural.append(diagonal_natural_norm(s0, s2, ro.num_groups))
+        k0 += n
+    np.testing.assert_allclose(moments.zico, zico, rtol=1e-4)
+    np.testing.assert_allclose(moments.natural_diag, natural, rtol=1e-3)
+    assert np.isfinite(moments.zico).all() and (moments.natural_diag > 0).all()
 
 
 def per_block_abs(values, sizes):
@@ -178,12 +207,12 @@ def test_probe_ranks_every_block_and_restores_the_model(organism, math_task):
     model, tok = organism
     before = {k: v.clone() for k, v in model.state_dict().items()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    ranking = run_probe(model, tok, math_task, ProbeConfig(**CFG), progress=False)
+    ranking = run_probe(model, tok, math_task, ProbeConfig(**CFG, signals=["all"]), progress=False)
     L = len(decoder_layers(model))
     assert sorted(s.rank for s in ranking.layers) == list(range(1, L + 1))
     assert 0 <= ranking.top_layer < L
     for s in ranking.layers:
-        assert set(s.signals) == set(ProbeConfig().signals)
+        assert set(s.signals) == set(ALL_SIGNALS)
         assert all(np.isfinite(v) or name == "grad_snr" for name, v in s.signals.items())
     d = ranking.to_dict()
     assert d["cost"]["generated_tokens"] > 0 and d["cost"]["forward_backward_passes"] > 0
@@ -309,11 +338,22 @@ def test_bf16_signals_agree_with_fp32(organism, math_task):
     np.testing.assert_allclose(bf16["update_norm"], fp32["update_norm"], rtol=0.01)
 
 
+def test_by_default_the_probe_computes_only_what_the_predictor_scores_with(organism, math_task):
+    from layerscout.predictor import load_predictor
+
+    model, tok = organism
+    d = run_probe(model, tok, math_task, ProbeConfig(**CFG), progress=False).to_dict()
+    assert set(d["layers"][0]["signals"]) == set(load_predictor("default").signals)
+    assert list(d["cost"]["peak_memory_mib"]) == ["rollouts", "policy_grad", "signals"]  # no update, lookahead, ...
+    assert d["cost"]["forward_passes"] == 0  # no pass reads old log-probs: none recorded
+    assert ProbeConfig(predictor=None).signal_names() == ["attribution"]  # the score_weights rule's input
+
+
 def test_only_the_needed_passes_run_and_each_phase_records_its_peak(organism, math_task):
     model, tok = organism
     cfg = ProbeConfig(**{**CFG, "signals": ["grad_norm", "lookahead_gain"], "score_weights": {"grad_norm": 1.0}, "predictor": None})
     cost = run_probe(model, tok, math_task, cfg, progress=False).cost
-    assert list(cost["peak_memory_mib"]) == ["rollouts", "grad_sweep", "lookahead", "signals"]
+    assert list(cost["peak_memory_mib"]) == ["rollouts", "policy_grad", "lookahead", "signals"]
     assert all(v > 0 for v in cost["peak_memory_mib"].values())
 
 

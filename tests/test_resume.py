@@ -49,6 +49,17 @@ def newest(out):
     return max(found)[1] if found else None
 
 
+def kill_when(proc, ready, timeout=600):
+    """SIGKILL `proc` as soon as `ready()` holds (polled every 10 ms; the timeout is a deadline only, for a loaded
+    machine), and check that the kill, not an exit, ended it."""
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+
+
 @pytest.fixture(scope="module")
 def reference(organism_path, tmp_path_factory):
     """An uninterrupted run with progress bars on, through the CLI with --json."""
@@ -69,12 +80,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(organism_path,
     out = tmp_path / "run"
     proc = subprocess.Popen(layerscout("train", organism_path, *ARGS, "--output", out, "--quiet"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
-    deadline = time.time() + 600  # a deadline only: the kill comes when the state appears
-    while not (out / "checkpoint-3" / "trainer_state.json").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    kill_when(proc, (out / "checkpoint-3" / "trainer_state.json").exists)
     assert not (out / "train_report.json").exists()  # killed mid-run, not after it
     r = run("train", organism_path, *ARGS, "--output", out, "--resume", "--json", "--quiet")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -154,13 +160,7 @@ def test_a_killed_calibrate_job_resumes_from_its_checkpoint(tmp_path):
     proc = subprocess.Popen(layerscout("calibrate", "--config", cfg, "--quiet"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
     scratch = out / "scratch" / "0" / "full"
-    deadline = time.time() + 600  # a deadline only: the kill comes when the state appears
-    while not (scratch / "checkpoint-2" / "trainer_state.json").exists() and proc.poll() is None \
-            and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    kill_when(proc, (scratch / "checkpoint-2" / "trainer_state.json").exists)
     assert not (out / "runs" / "0" / "full.json").exists()
     result = run_calibration(load_config(cfg), progress=False)
     assert result["ran"] == ["0/full", "0/layer-0"]

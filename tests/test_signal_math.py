@@ -9,6 +9,7 @@ from layerscout.errors import LayerscoutError
 from layerscout.ranking import combine_signals, ranks_from_scores
 from layerscout.signals.baselines import depth_prior, depth_residual, percentile_ranks, spectrum_snr
 from layerscout.signals.gradients import block_sq_norms, gradient_snr, isotropic_natural_norm
+from layerscout.signals.moments import diagonal_natural_norm, zico_score
 from layerscout.signals.updates import adam_step
 
 
@@ -85,8 +86,9 @@ def test_passes_are_planned_from_the_signals_needs_in_registration_order():
     from layerscout.passes import plan_passes
     from layerscout.signals import get_signal
 
-    assert plan_passes(get_signal("lookahead_gain").needs) == ["grad_sweep", "lookahead"]
+    assert plan_passes(get_signal("lookahead_gain").needs) == ["policy_grad", "lookahead"]
     needs = [n for s in ("spectral_snr", "update_norm", "grad_snr") for n in get_signal(s).needs]
+    # grad_sweep covers policy_grad: one backward sweep serves update_norm and grad_snr
     assert plan_passes(needs) == ["grad_sweep", "update_steps", "depth", "spectrum"]
     with pytest.raises(LayerscoutError, match="unknown pass 'grad_swep'"):
         plan_passes(["grad_swep"])
@@ -109,6 +111,18 @@ def test_isotropic_natural_norm_by_hand():
     np.testing.assert_allclose(out, [20.0, 0.0])
 
 
+def test_zico_and_diagonal_natural_norm_by_hand():
+    # 3 parameters over M = 2 groups: g = (1, 3), (2, -2), (5, 5)
+    g = torch.tensor([[1.0, 2.0, 5.0], [3.0, -2.0, 5.0]])
+    s0, s1, s2 = g.sum(0), g.abs().sum(0), g.square().sum(0)
+    # mean|g| / std(g): θ0 2 / 1, θ1 2 / 2, θ2 no spread (left out) -> log 3
+    assert zico_score(s0, s1, s2, 2) == pytest.approx(np.log(3.0))
+    # ḡ² / mean g²: θ0 4 / 5, θ1 0 / 4, θ2 25 / 25 -> 1.8
+    assert diagonal_natural_norm(s0, s2, 2) == pytest.approx(1.8)
+    zero = torch.zeros(3)
+    assert zico_score(zero, zero, zero, 2) == float("-inf") and diagonal_natural_norm(zero, zero, 2) == 0.0
+
+
 def test_depth_residualised_signals_are_registered_with_their_base_signal_needs():
     from layerscout.signals import DEPTH_RESIDUALISED, get_signal
 
@@ -116,4 +130,4 @@ def test_depth_residualised_signals_are_registered_with_their_base_signal_needs(
         assert get_signal(f"{name}_depthres").needs == get_signal(name).needs
     trend = get_signal("grad_norm_depthres").fn
     sweep = type("S", (), {"pg_sq_norm": np.exp(2 * (1.0 + 2.0 * np.linspace(0, 1, 4)))})()
-    np.testing.assert_allclose(trend(grad_sweep=sweep), 0.0, atol=1e-12)
+    np.testing.assert_allclose(trend(policy_grad=sweep), 0.0, atol=1e-12)

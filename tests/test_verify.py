@@ -6,9 +6,7 @@ Run: pytest tests/test_verify.py   (about 90 s on 2 CPU cores)"""
 
 import hashlib
 import json
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from click.testing import CliRunner
 
 from layerscout.autolayer import verify_summary
 from layerscout.cli import cli
-from test_resume import env, layerscout, run
+from test_resume import env, kill_when, layerscout, run
 
 ORDER = [4, 1, 2, 0, 3, 5]  # the ranking's order: not depth order, so the candidates must come from the ranking
 RL = dict(max_steps=2, save_steps=1, eval_prompts=16, eval_samples=2, prompts_per_step=2, max_completion_length=8,
@@ -127,13 +125,7 @@ def test_a_killed_verify_phase_resumes_without_rerunning_finished_candidates(org
     args = train()
     proc = subprocess.Popen(layerscout(*args, "--quiet"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env())
     second = out / "verify" / f"layer-{ORDER[1]}"
-    deadline = time.time() + 240
-    while not (second / "checkpoint-1" / "trainer_state.json").exists() and proc.poll() is None \
-            and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    kill_when(proc, (second / "checkpoint-1" / "trainer_state.json").exists, timeout=240)
     first = out / "verify" / f"layer-{ORDER[0]}"
     assert (first / "train_report.json").exists() and not (second / "train_report.json").exists()
     before = digest(first)

@@ -46,11 +46,12 @@ def list_signals() -> list[Signal]:
 
 
 # registration; order = pass execution order (gradients, then updates that reuse them, then the rest)
-from . import gradients, updates, attribution, baselines, grafting  # noqa: E402,F401,I001
+from . import gradients, updates, attribution, moments, baselines, grafting  # noqa: E402,F401,I001
 
 
 # Depth-residualised versions of the position-biased per-block statistics (baselines.depth_residual).
-DEPTH_RESIDUALISED = ("grad_norm", "fisher_trace", "grad_snr", "attribution", "taylor_saliency", "natural_grad")
+DEPTH_RESIDUALISED = ("grad_norm", "fisher_trace", "grad_snr", "attribution", "taylor_saliency", "natural_grad",
+                      "zico", "natural_grad_diag")
 
 
 def _register_depth_residualised() -> None:
@@ -61,3 +62,9 @@ def _register_depth_residualised() -> None:
 
 
 _register_depth_residualised()
+
+# What `signals: [all]` computes: every signal but the grafting pair (that one runs its own short RL run). These are
+# the features a calibration sweep's ranking records for `layerscout fit`.
+ALL_SIGNALS = ("grad_norm", "grad_norm_per_param", "grad_norm_rel", "fisher_trace", "grad_snr", "update_norm",
+               "attribution", "own_attribution", "taylor_saliency", "natural_grad", "zico", "natural_grad_diag",
+               "lookahead_gain", "depth_prior", "spectral_snr", *(f"{name}_depthres" for name in DEPTH_RESIDUALISED))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import LayerscoutError
-from ..passes import checkpointed, register_pass
+from ..passes import block_params_require_grad, checkpointed, register_pass
 from ..persample import BlockGradients
 from . import register_signal
 
@@ -23,14 +23,15 @@ from . import register_signal
 @dataclass
 class GradientSweep:
     """Reductions of the sweep, all (n_layers,) unless noted, plus two per-parameter tensors kept for later passes
-    until `release()`: `total` = ∇J in fp32 (all groups), `probe_sign` = sign of the probe groups' ∇J (int8)."""
+    until `release()`: `total` = ∇J in fp32 (all groups), `probe_sign` = sign of the probe groups' ∇J (int8).
+    `fisher` and `group_sq_norms` only from the `grad_sweep` pass (None from `policy_grad`)."""
 
     pg_sq_norm: np.ndarray          # ||∇_k J||²
-    fisher: np.ndarray              # (1/N) Σ_i ||∇_k log p_i||²
-    group_sq_norms: np.ndarray      # (M, n_layers): ||g_m||² with g_m = M × group m's share of ∇J
     param_count: np.ndarray
     weight_norm: np.ndarray
     taylor: np.ndarray              # Σ_k |θ ⊙ ∇J|
+    fisher: np.ndarray | None = None            # (1/N) Σ_i ||∇_k log p_i||²
+    group_sq_norms: np.ndarray | None = None    # (M, n_layers): ||g_m||² with g_m = M × group m's share of ∇J
     total: dict[torch.nn.Parameter, torch.Tensor] | None = None
     probe_sign: dict[torch.nn.Parameter, torch.Tensor] | None = None
 
@@ -65,7 +66,44 @@ def block_sq_norms(tensors: dict, blocks) -> torch.Tensor:
     return torch.stack([sum(tensors[p].double().square().sum() for p in b.parameters()) for b in blocks])
 
 
-@register_pass("grad_sweep", "∇J, per-sample and per-group squared gradient norms per block", needs=())
+def _summary(ctx, total: dict, probe_sign: dict, **stats) -> GradientSweep:
+    """The per-block reductions of ∇J (`total`, fp32 per parameter) that every gradient signal reads."""
+    pg_sq = block_sq_norms(total, ctx.blocks).cpu().numpy()
+    if not (np.isfinite(pg_sq).all() and all(np.isfinite(v).all() for v in stats.values())):
+        raise LayerscoutError("NaN/inf gradients in the probe: try --dtype float32 or a smaller lookahead/learning rate")
+    weights = {p: p.detach() for b in ctx.blocks for p in b.parameters()}
+    return GradientSweep(
+        pg_sq_norm=pg_sq,
+        param_count=np.array([sum(p.numel() for p in b.parameters()) for b in ctx.blocks], dtype=float),
+        weight_norm=np.sqrt(block_sq_norms(weights, ctx.blocks).cpu().numpy()),
+        taylor=torch.stack([sum((total[p].double() * p.detach().double()).abs().sum() for p in b.parameters())
+                            for b in ctx.blocks]).cpu().numpy(),
+        total=total, probe_sign=probe_sign, **stats)
+
+
+@register_pass("policy_grad", "∇J per block: one plain backward per micro-batch of whole prompt groups")
+def policy_gradient(ctx) -> GradientSweep:
+    """∇J = ∇ Σ_i c_i log p(y_i) by ordinary autograd (no per-sample hooks), accumulated in fp32, probe groups
+    first; after them the sign of their ∇J is kept for the lookahead. What grad_norm, taylor_saliency, the update
+    steps and the lookahead need; about half the grad_sweep's time on the organism."""
+    ro = ctx.rollouts
+    probe_sign = None
+    with block_params_require_grad(ctx.blocks) as params, \
+            checkpointed(ctx.blocks, ctx.config.gradient_checkpointing, reentrant=False):
+        total = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
+        for part in (ctx.probe_groups, ctx.heldout_groups):
+            for rows, _ in ctx.bar(ctx.group_batches(part), "gradients"):
+                objective = (ctx.logps(ro, rows).sum(dim=1) * ctx.weights[rows].to(ctx.device, torch.float32)).sum()
+                for p, g in zip(params, torch.autograd.grad(objective, params, allow_unused=True)):
+                    if g is not None:
+                        total[p].add_(g.float())
+                ctx.cost.backward(1, int(ro.attention_mask[rows].sum()))
+            if probe_sign is None:
+                probe_sign = {p: g.sign().to(torch.int8) for p, g in total.items()}
+    return _summary(ctx, total, probe_sign)
+
+
+@register_pass("grad_sweep", "∇J, per-sample and per-group squared gradient norms per block", covers=("policy_grad",))
 def gradient_sweep(ctx) -> GradientSweep:
     """Backward of Σ_i log p(y_i) over micro-batches of whole groups, probe groups first. Hooks weight each sequence's
     gradient by c_i into ∇J and take per-sample (Fisher) and per-group (SNR) squared norms; after the probe groups,
@@ -81,36 +119,26 @@ def gradient_sweep(ctx) -> GradientSweep:
                 ctx.cost.backward(1, int(ro.attention_mask[rows].sum()))
             if probe_sign is None:
                 probe_sign = {p: g.sign().to(torch.int8) for p, g in bg.grads.items()}
-    n, m = ro.input_ids.shape[0], ro.num_groups
-    pg_sq = block_sq_norms(bg.grads, ctx.blocks).cpu().numpy()
-    fisher = bg.sample_sq.cpu().numpy() / n
-    if not (np.isfinite(pg_sq).all() and np.isfinite(fisher).all()):
-        raise LayerscoutError("NaN/inf gradients in the probe: try --dtype float32 or a smaller lookahead/learning rate")
-    weights = {p: p.detach() for b in ctx.blocks for p in b.parameters()}
-    return GradientSweep(
-        pg_sq_norm=pg_sq, fisher=fisher, group_sq_norms=bg.group_sq.cpu().numpy() * m * m,
-        param_count=np.array([sum(p.numel() for p in b.parameters()) for b in ctx.blocks], dtype=float),
-        weight_norm=np.sqrt(block_sq_norms(weights, ctx.blocks).cpu().numpy()),
-        taylor=torch.stack([sum((bg.grads[p].double() * p.detach().double()).abs().sum() for p in b.parameters())
-                            for b in ctx.blocks]).cpu().numpy(),
-        total=bg.grads, probe_sign=probe_sign)
+    m = ro.num_groups
+    return _summary(ctx, bg.grads, probe_sign, fisher=bg.sample_sq.cpu().numpy() / ro.input_ids.shape[0],
+                    group_sq_norms=bg.group_sq.cpu().numpy() * m * m)
 
 
-@register_signal("grad_norm", "||∇_k J||: policy-gradient norm of block k", needs=("grad_sweep",))
-def grad_norm(grad_sweep: GradientSweep) -> np.ndarray:
-    return np.sqrt(grad_sweep.pg_sq_norm)
+@register_signal("grad_norm", "||∇_k J||: policy-gradient norm of block k", needs=("policy_grad",))
+def grad_norm(policy_grad: GradientSweep) -> np.ndarray:
+    return np.sqrt(policy_grad.pg_sq_norm)
 
 
 @register_signal("grad_norm_per_param", "||∇_k J|| / sqrt(#params of block k): RMS gradient entry",
-                 needs=("grad_sweep",))
-def grad_norm_per_param(grad_sweep: GradientSweep) -> np.ndarray:
-    return np.sqrt(grad_sweep.pg_sq_norm) / np.sqrt(grad_sweep.param_count)
+                 needs=("policy_grad",))
+def grad_norm_per_param(policy_grad: GradientSweep) -> np.ndarray:
+    return np.sqrt(policy_grad.pg_sq_norm) / np.sqrt(policy_grad.param_count)
 
 
 @register_signal("grad_norm_rel", "||∇_k J|| / ||θ_k||: gradient relative to weight norm (Auto-RGN)",
-                 needs=("grad_sweep",))
-def grad_norm_rel(grad_sweep: GradientSweep) -> np.ndarray:
-    return np.sqrt(grad_sweep.pg_sq_norm) / np.maximum(grad_sweep.weight_norm, 1e-12)
+                 needs=("policy_grad",))
+def grad_norm_rel(policy_grad: GradientSweep) -> np.ndarray:
+    return np.sqrt(policy_grad.pg_sq_norm) / np.maximum(policy_grad.weight_norm, 1e-12)
 
 
 @register_signal("fisher_trace", "(1/N) Σ_i ||∇_k log p(y_i|x_i)||²: empirical Fisher trace of block k",
@@ -126,9 +154,9 @@ def grad_snr(grad_sweep: GradientSweep) -> np.ndarray:
 
 
 @register_signal("taylor_saliency", "Σ |θ · ∇_θ J| over block k's weights: first-order Taylor importance of the block's "
-                 "own weights", needs=("grad_sweep",))
-def taylor_saliency(grad_sweep: GradientSweep) -> np.ndarray:
-    return grad_sweep.taylor
+                 "own weights", needs=("policy_grad",))
+def taylor_saliency(policy_grad: GradientSweep) -> np.ndarray:
+    return policy_grad.taylor
 
 
 @register_signal("natural_grad", "gᵀF⁻¹g of block k, Fisher approximated as (tr F_k / #params)·I: reward per unit "

@@ -51,14 +51,14 @@ def _host_copy(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tenso
 
 
 @register_pass("update_steps", "relative weight change of each block after update_steps Adam steps",
-               needs=("grad_sweep",))
-def update_steps(ctx, grad_sweep: GradientSweep) -> np.ndarray:
+               needs=("policy_grad",), old_logps=True)
+def update_steps(ctx, policy_grad: GradientSweep) -> np.ndarray:
     """Step 1 uses the sweep's ∇J (its fp32 buffers then hold each later step's gradient); steps 2..s backpropagate
     the clipped surrogate. Per parameter, the host-side state (θ0, m, v, fp32 master when the weights are lower
     precision) visits the device only for its own update."""
     cfg, ro = ctx.config, ctx.rollouts
     params = [p for b in ctx.blocks for p in b.parameters()]
-    grads, grad_sweep.total = grad_sweep.total, None  # this pass owns the fp32 buffers now
+    grads, policy_grad.total = policy_grad.total, None  # this pass owns the fp32 buffers now
     start = {p: _host_copy(p.detach()) for p in params}
     master = {p: _host_copy(p.detach(), torch.float32) for p in params if p.dtype != torch.float32}
     moments = {p: (torch.zeros(p.shape, pin_memory=p.is_cuda), torch.zeros(p.shape, pin_memory=p.is_cuda))
@@ -122,12 +122,12 @@ class _Batch:
 
 
 @register_pass("lookahead", "held-out surrogate gain after one lr·sign(g) step on each block alone",
-               needs=("grad_sweep",))
-def lookahead(ctx, grad_sweep: GradientSweep) -> np.ndarray:
+               needs=("policy_grad",), old_logps=True)
+def lookahead(ctx, policy_grad: GradientSweep) -> np.ndarray:
     """J_h before; then per block k: step block k, J_h from block k's recorded input, undo the step, and advance every
     batch's recorded input by running the unchanged block k (one block forward: exact, and it keeps one hidden state
     per batch instead of every block's)."""
-    sign, lr, ro = grad_sweep.probe_sign, ctx.config.lookahead_lr, ctx.heldout
+    sign, lr, ro = policy_grad.probe_sign, ctx.config.lookahead_lr, ctx.heldout
     batches = [_Batch(sl) for sl in ctx.batches(ro)]
     with torch.no_grad(), fp32_compute(ctx.model) as fp32:
         before = torch.zeros((), dtype=torch.float64, device=ctx.device)
