@@ -69,6 +69,37 @@ class Cost:
     def __init__(self, rollout_tokens: int):
         self.rollout_tokens = max(1, rollout_tokens)
         self.fwd_tokens = self.bwd_tokens = self.backward_calls = self.generated = self.rl_steps = 0
+        self.by_pass: dict[str, dict] = {}
+
+    def _units(self) -> dict:
+        return {"forward_backward_passes": self.bwd_tokens / self.rollout_tokens,
+                "forward_passes": self.fwd_tokens / self.rollout_tokens, "rl_steps": self.rl_steps}
+
+    @contextmanager
+    def measure(self, name: str):
+        """Record what the enclosed pass spent (seconds and units) under by_pass[name]."""
+        import time
+
+        before, start = self._units(), time.perf_counter()
+        try:
+            yield
+        finally:
+            after = self._units()
+            self.by_pass[name] = {"seconds": round(time.perf_counter() - start, 3),
+                                  **{k: round(after[k] - before[k], 2) for k in after}}
+
+    def of_signals(self, signals) -> dict:
+        """Each signal's cost: the passes it needs (a covered pass counts as the pass that covered it), shared
+        passes counted whole for every signal that needs them. {signal name: {"passes": [...], seconds, units}}."""
+        covered_by = {c: name for name in self.by_pass for c in PASSES[name].covers}
+        out = {}
+        for sig in signals:
+            names = list(dict.fromkeys(covered_by.get(n, n) for n in plan_passes(sig.needs)))
+            costs = [self.by_pass[n] for n in names if n in self.by_pass]
+            out[sig.name] = {"passes": names, **{k: round(sum(c[k] for c in costs), 3)
+                                                  for k in ("seconds", "forward_backward_passes", "forward_passes",
+                                                            "rl_steps")}}
+        return out
 
     def forward(self, tokens: int) -> None:
         self.fwd_tokens += tokens
@@ -163,7 +194,7 @@ def run_passes(ctx: PassContext, names: Sequence[str], meter) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for i, name in enumerate(names):
         p = PASSES[name]
-        with meter.phase(name):
+        with meter.phase(name), ctx.cost.measure(name):
             results[name] = p.fn(ctx, **{n: results[n] for n in p.needs})
         results.update(dict.fromkeys(p.covers, results[name]))
         still_needed = {id(results[n]) for later in names[i + 1:] for n in PASSES[later].needs}

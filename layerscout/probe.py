@@ -88,6 +88,7 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
         values, scores, model=model_name(model), task=task.name, algo=config.loss_type,
         seed=config.seed,
         cost={**ctx.cost.as_dict(time.perf_counter() - start, selection.generated_tokens),
+              "passes": ctx.cost.by_pass, "signals": ctx.cost.of_signals(signals),
               "peak_memory_mib": meter.peaks, "memory_measure": meter.kind},
         rollouts={"prompts": rollouts.num_groups, "num_generations": rollouts.group_size,
                   "mean_reward": float(rollouts.rewards.mean()),

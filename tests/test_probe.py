@@ -355,6 +355,16 @@ def test_only_the_needed_passes_run_and_each_phase_records_its_peak(organism, ma
     cost = run_probe(model, tok, math_task, cfg, progress=False).cost
     assert list(cost["peak_memory_mib"]) == ["rollouts", "policy_grad", "lookahead", "signals"]
     assert all(v > 0 for v in cost["peak_memory_mib"].values())
+    # each signal's cost: the passes it needs, in the probe's units (a backward over every rollout token = 1)
+    assert cost["passes"]["policy_grad"]["forward_backward_passes"] == pytest.approx(1.0)
+    assert cost["passes"]["lookahead"]["forward_backward_passes"] == 0 < cost["passes"]["lookahead"]["forward_passes"]
+    assert cost["signals"]["grad_norm"]["passes"] == ["policy_grad"]
+    assert cost["signals"]["lookahead_gain"]["passes"] == ["policy_grad", "lookahead"]
+    assert cost["signals"]["lookahead_gain"]["forward_passes"] == cost["passes"]["lookahead"]["forward_passes"]
+    cfg = ProbeConfig(**{**CFG, "signals": ["grad_norm", "fisher_trace"], "predictor": None,
+                         "score_weights": {"grad_norm": 1.0}})
+    cost = run_probe(model, tok, math_task, cfg, progress=False).cost
+    assert cost["signals"]["grad_norm"]["passes"] == ["grad_sweep"]  # policy_grad was covered by the grad sweep
 
 
 def test_a_pass_result_drops_its_tensors_once_no_later_pass_needs_them(organism, math_task):
