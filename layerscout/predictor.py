@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -354,6 +355,13 @@ def fit_predictor(sweep_dirs: Sequence[str | Path], max_signals: int = 2) -> tup
     if len({s.model for s in sweeps}) < 2:
         raise LayerscoutError("fitting needs sweeps of at least 2 models (leave-one-model-out chooses the design)")
     names = sorted(set.intersection(*(set(s.signals) for s in sweeps)) - set(NOT_FEATURES))
+    from .signals import ALL_SIGNALS
+
+    missing = sorted(set(ALL_SIGNALS) - set(NOT_FEATURES) - set(names))
+    if missing:
+        warnings.warn(f"the sweeps' rankings share {len(names)} signals, so {len(missing)} cannot be features "
+                      f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}): rank each sweep's model with "
+                      "-o 'signals=[all]' for all of them", stacklevel=2)
     choice, table = select(sweeps, candidates(names, max_signals, forest=False))
     fitted = choice.fit(sweeps)
     lomo = lomo_scores(sweeps, choice)

@@ -10,7 +10,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from layerscout.errors import LayerscoutError
 from layerscout.predictor import (Candidate, FittedPredictor, LayerPredictor, Sweep, block_features, candidates,
-                                  dataset, lomo_scores, nested_lomo, normalise_within, select)
+                                  dataset, fit_predictor, lomo_scores, nested_lomo, normalise_within, select)
 
 
 @parametrize_with_checks([LayerPredictor(), LayerPredictor(kind="forest", random_state=0)])
@@ -124,6 +124,8 @@ def test_fit_cli_writes_a_predictor_that_rank_can_load(tmp_path):
     assert min(data["provenance"]["lomo_spearman"].values()) > 0.8
     fitted = FittedPredictor.load(out)
     assert fitted.predict(synthetic()[0].signals).shape == (synthetic()[0].n_layers,)
+    with pytest.warns(UserWarning, match=r"rankings share 2 signals.*-o 'signals=\[all\]'"):
+        fit_predictor(dirs)  # synthetic rankings: two signals, not the probe's full set
     r = CliRunner().invoke(cli, ["fit", dirs[0], "--output", str(tmp_path / "x.json")])
     assert r.exit_code == 2 and "at least 2 models" in r.output
     r = CliRunner().invoke(cli, ["fit", *dirs, "--output", "/proc/nope/p.json"])
