@@ -131,6 +131,7 @@ class PassContext:
     progress: bool = False
     task: Any = None
     tokenizer: Any = None
+    planned: Sequence[str] | None = None  # the passes run_passes will run (None: any), so a pass keeps only what they need
     cost: Cost = field(init=False)
 
     def __post_init__(self) -> None:
@@ -198,6 +199,7 @@ def run_passes(ctx: PassContext, names: Sequence[str], meter) -> dict[str, Any]:
     """Run `names` (from plan_passes) in order; each pass gets the results it needs as keyword arguments. After
     each pass, results no later pass needs are `release()`d (their large tensors dropped; small arrays kept)."""
     results: dict[str, Any] = {}
+    ctx.planned = list(names)
     for i, name in enumerate(names):
         p = PASSES[name]
         with meter.phase(name), ctx.cost.measure(name):

@@ -199,6 +199,19 @@ def test_a_token_budget_splits_the_passes_and_keeps_the_signals(organism, math_t
         np.testing.assert_allclose(budget[name], plain[name], rtol=1e-5, err_msg=name)
 
 
+def test_the_sweep_keeps_the_sign_copy_only_for_the_lookahead(organism, math_task):
+    model, tok = organism
+    cfg, ro = _rollouts(model, tok, math_task)
+    with _probe_mode(model), fused_head(model, cfg.temperature):
+        ctx = PassContext(model, ro, cfg, Precision(device_type=model.device.type), *split_groups(ro, 0.5, 0))
+        ctx.planned = ["grad_sweep"]
+        alone = gradient_sweep(ctx)
+        ctx.planned = ["grad_sweep", "lookahead"]
+        both = gradient_sweep(ctx)
+    assert alone.probe_sign is None and len(both.probe_sign) == len(both.total)
+    np.testing.assert_array_equal(alone.pg_sq_norm, both.pg_sq_norm)
+
+
 def test_completion_logps_apply_the_temperature_and_skip_the_prompt(organism, math_task):
     model, tok = organism
     cfg, ro = _rollouts(model, tok, math_task)

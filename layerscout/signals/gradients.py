@@ -107,8 +107,9 @@ def policy_gradient(ctx) -> GradientSweep:
 def gradient_sweep(ctx) -> GradientSweep:
     """Backward of Σ_i log p(y_i) over micro-batches of whole groups, probe groups first. Hooks weight each sequence's
     gradient by c_i into ∇J and take per-sample (Fisher) and per-group (SNR) squared norms; after the probe groups,
-    the sign of their ∇J is kept for the lookahead."""
+    the sign of their ∇J is kept if the lookahead will run (an int8 copy of every block parameter)."""
     ro = ctx.rollouts
+    keep_sign = ctx.planned is None or "lookahead" in ctx.planned
     probe_sign = None
     with BlockGradients(ctx.blocks, num_groups=ro.num_groups, per_sample=True) as bg, \
             checkpointed(ctx.blocks, ctx.config.gradient_checkpointing):
@@ -117,7 +118,7 @@ def gradient_sweep(ctx) -> GradientSweep:
                 logps = ctx.logps(ro, rows)
                 bg.backward(logps.sum(), scale=ctx.weights[rows].to(ctx.device, torch.float32), groups=groups)
                 ctx.cost.backward(1, int(ro.attention_mask[rows].sum()))
-            if probe_sign is None:
+            if probe_sign is None and keep_sign:
                 probe_sign = {p: g.sign().to(torch.int8) for p, g in bg.grads.items()}
     m = ro.num_groups
     return _summary(ctx, bg.grads, probe_sign, fisher=bg.sample_sq.cpu().numpy() / ro.input_ids.shape[0],
