@@ -71,8 +71,9 @@ class ProbeConfig:
     batch_tokens: int | None = _f(512, "most tokens (sequences x padded length) per forward/backward pass, on top of "
                                       "batch_size: activations and TRL's log-prob tiles grow with it (a prompt group "
                                       "larger than this still gets one pass of its own); None = batch_size alone")
-    gradient_checkpointing: bool = _f(False, "recompute each block's activations in the backward passes: about "
-                                             "one more forward, for a fraction of the activation memory")
+    gradient_checkpointing: bool = _f(True, "recompute each block's activations in the backward passes: about "
+                                            "one more forward, for a fraction of the activation memory (SmolLM2-135M "
+                                            "sweep: 1.0 GB less at peak)")
     signals: list[str] = _f(
         [], "signals to compute and record besides the ones the score needs (the predictor's inputs; with "
             "predictor null, score_weights' signals); [all] = every probe signal (signals.ALL_SIGNALS), the features "
