@@ -199,15 +199,18 @@ def test_a_token_budget_splits_the_passes_and_keeps_the_signals(organism, math_t
         np.testing.assert_allclose(budget[name], plain[name], rtol=1e-5, err_msg=name)
 
 
-def test_the_sweep_keeps_the_sign_copy_only_for_the_lookahead(organism, math_task):
+@pytest.mark.parametrize("name", ["grad_sweep", "policy_grad"])
+def test_the_gradient_passes_keep_the_sign_copy_only_for_the_lookahead(organism, math_task, name):
+    from layerscout.passes import PASSES
+
     model, tok = organism
     cfg, ro = _rollouts(model, tok, math_task)
     with _probe_mode(model), fused_head(model, cfg.temperature):
         ctx = PassContext(model, ro, cfg, Precision(device_type=model.device.type), *split_groups(ro, 0.5, 0))
-        ctx.planned = ["grad_sweep"]
-        alone = gradient_sweep(ctx)
-        ctx.planned = ["grad_sweep", "lookahead"]
-        both = gradient_sweep(ctx)
+        ctx.planned = [name]
+        alone = PASSES[name].fn(ctx)
+        ctx.planned = [name, "lookahead"]
+        both = PASSES[name].fn(ctx)
     assert alone.probe_sign is None and len(both.probe_sign) == len(both.total)
     np.testing.assert_array_equal(alone.pg_sq_norm, both.pg_sq_norm)
 
