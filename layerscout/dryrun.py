@@ -143,7 +143,8 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
     seq = prompt_tokens + probe.max_completion_length
     n, nb = shape.params, shape.block_params
     g = probe.num_generations
-    sweep_batch = g * max(1, probe.batch_size // g)
+    rows = probe.batch_size if probe.batch_tokens is None else max(1, min(probe.batch_size, probe.batch_tokens // seq))
+    sweep_batch = g * max(1, rows // g)  # whole groups (passes.PassContext.group_batches)
     gen_batch = max(probe.batch_size, 8)
     ckpt = probe.gradient_checkpointing
     weights = n * w
@@ -160,16 +161,16 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
                        "logits": _logits(shape, sweep_batch * seq, precision.device_type),
                        "ghost_grams": sweep_batch * seq * seq * 4 * 2},
         "update_steps": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": nb,
-                         "activations": _activations(shape, probe.batch_size * seq, c, r, ckpt),
-                         "logits": _logits(shape, probe.batch_size * seq, precision.device_type),
+                         "activations": _activations(shape, rows * seq, c, r, ckpt),
+                         "logits": _logits(shape, rows * seq, precision.device_type),
                          "adam_transients": shape.largest_param * 4 * 3,
                          **({"adam_state_host": adam_host} if host_on_device else {})},
         "lookahead": {"weights_fp32": n * 4, "probe_sign": nb,
                       "heldout_hidden_states": probe.num_prompts * g // 2 * seq * shape.hidden_size * 4,
-                      "activations_no_grad": probe.batch_size * seq * (shape.hidden_size + shape.intermediate_size) * 4},
-        "attribution": {"weights": weights, "activations": _activations(shape, probe.batch_size * seq, c, r, ckpt),
-                        "block_outputs": shape.num_layers * probe.batch_size * seq * shape.hidden_size * r,
-                        "logits": _logits(shape, probe.batch_size * seq, precision.device_type)},
+                      "activations_no_grad": rows * seq * (shape.hidden_size + shape.intermediate_size) * 4},
+        "attribution": {"weights": weights, "activations": _activations(shape, rows * seq, c, r, ckpt),
+                        "block_outputs": shape.num_layers * rows * seq * shape.hidden_size * r,
+                        "logits": _logits(shape, rows * seq, precision.device_type)},
         "group_moments": {"weights": weights, "moment_accumulators": nb * 4 * 3, "autograd_grads": nb * c,
                           "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
                           "logits": _logits(shape, sweep_batch * seq, precision.device_type)},

@@ -131,6 +131,7 @@ class PassContext:
     progress: bool = False
     task: Any = None
     tokenizer: Any = None
+    planned: Sequence[str] | None = None  # the passes run_passes will run (None: any), so a pass keeps only what they need
     cost: Cost = field(init=False)
 
     def __post_init__(self) -> None:
@@ -153,17 +154,23 @@ class PassContext:
             return completion_logps(self.model, ro.input_ids[rows].to(self.device),
                                     ro.attention_mask[rows].to(self.device), ro.completion_mask[rows].to(self.device))
 
+    def rows_per_batch(self, ro) -> int:
+        """Sequences per micro-batch of `ro`: `config.batch_size`, fewer where `config.batch_tokens` binds (at
+        least 1)."""
+        bs, budget = self.config.batch_size, getattr(self.config, "batch_tokens", None)
+        return bs if budget is None else max(1, min(bs, budget // max(1, ro.input_ids.shape[1])))
+
     def batches(self, ro) -> list[slice]:
-        """Micro-batches of `config.batch_size` sequences, in order."""
-        bs = self.config.batch_size
+        """Micro-batches of `rows_per_batch(ro)` sequences, in order."""
+        bs = self.rows_per_batch(ro)
         return [slice(s, s + bs) for s in range(0, ro.input_ids.shape[0], bs)]
 
     def group_batches(self, groups: Sequence[int]) -> list[tuple[torch.Tensor, list[tuple[int, slice]]]]:
         """Micro-batches of whole prompt groups of `self.rollouts`, in order: groups join a batch while it stays
-        within `config.batch_size` rows (a larger group is a batch of its own). Groups may differ in rows (a
+        within `rows_per_batch` rows (a larger group is a batch of its own). Groups may differ in rows (a
         multi-turn game has one row per step). Returns (row indices, [(group id, rows of that group within the
         batch)])."""
-        group, bs = self.rollouts.group, self.config.batch_size
+        group, bs = self.rollouts.group, self.rows_per_batch(self.rollouts)
         out, rows, spans, n = [], [], [], 0
         for m in groups:
             own = torch.nonzero(group == m).flatten()
@@ -192,6 +199,7 @@ def run_passes(ctx: PassContext, names: Sequence[str], meter) -> dict[str, Any]:
     """Run `names` (from plan_passes) in order; each pass gets the results it needs as keyword arguments. After
     each pass, results no later pass needs are `release()`d (their large tensors dropped; small arrays kept)."""
     results: dict[str, Any] = {}
+    ctx.planned = list(names)
     for i, name in enumerate(names):
         p = PASSES[name]
         with meter.phase(name), ctx.cost.measure(name):

@@ -60,7 +60,7 @@ def test_estimates_move_the_right_way():
     shape = model_shape(str(HUB / "Qwen3-4B"))
     cuda = planned_precision("cuda", "auto")
     assert cuda.as_record()["compute"] == "bfloat16 autocast"
-    probe = ProbeConfig(num_generations=8, max_completion_length=1024)
+    probe = ProbeConfig(num_generations=8, max_completion_length=1024, gradient_checkpointing=False)
     plain = probe_memory(shape, probe, cuda, 256)
     ckpt = probe_memory(shape, ProbeConfig(num_generations=8, max_completion_length=1024, gradient_checkpointing=True),
                         cuda, 256)

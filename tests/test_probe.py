@@ -179,6 +179,42 @@ def test_gradient_checkpointing_gives_the_same_signals(organism, math_task, monk
         np.testing.assert_allclose(ckpt[name], plain[name], rtol=1e-5, err_msg=name)
 
 
+def test_a_token_budget_splits_the_passes_and_keeps_the_signals(organism, math_task, monkeypatch):
+    """batch_tokens caps each forward/backward at whole prompt groups within the budget (a group over it gets a pass
+    of its own); the signals equal those of one pass per 8 sequences."""
+    model, tok = organism
+    cfg, ro = _rollouts(model, tok, math_task)
+    names = ("grad_norm", "fisher_trace", "grad_snr", "update_norm", "lookahead_gain")
+    fp32 = Precision(device_type=model.device.type)
+    cfg.batch_tokens = None
+    plain = signals_under(model, ro, cfg, fp32, names)
+    length = ro.input_ids.shape[1]
+    cfg.batch_tokens = 2 * length + 1  # two sequences: less than one group of 4
+    shapes = []
+    monkeypatch.setattr(PassContext, "logps", lambda self, r, rows, precision=None, _own=PassContext.logps:
+                        shapes.append(r.input_ids[rows].shape) or _own(self, r, rows, precision))
+    budget = signals_under(model, ro, cfg, fp32, names)
+    assert {s[0] for s in shapes} == {2, 4}  # update steps: 2 rows a pass; the sweep: one group of 4 a pass
+    for name in names:
+        np.testing.assert_allclose(budget[name], plain[name], rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["grad_sweep", "policy_grad"])
+def test_the_gradient_passes_keep_the_sign_copy_only_for_the_lookahead(organism, math_task, name):
+    from layerscout.passes import PASSES
+
+    model, tok = organism
+    cfg, ro = _rollouts(model, tok, math_task)
+    with _probe_mode(model), fused_head(model, cfg.temperature):
+        ctx = PassContext(model, ro, cfg, Precision(device_type=model.device.type), *split_groups(ro, 0.5, 0))
+        ctx.planned = [name]
+        alone = PASSES[name].fn(ctx)
+        ctx.planned = [name, "lookahead"]
+        both = PASSES[name].fn(ctx)
+    assert alone.probe_sign is None and len(both.probe_sign) == len(both.total)
+    np.testing.assert_array_equal(alone.pg_sq_norm, both.pg_sq_norm)
+
+
 def test_completion_logps_apply_the_temperature_and_skip_the_prompt(organism, math_task):
     model, tok = organism
     cfg, ro = _rollouts(model, tok, math_task)

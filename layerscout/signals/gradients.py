@@ -81,10 +81,16 @@ def _summary(ctx, total: dict, probe_sign: dict, **stats) -> GradientSweep:
         total=total, probe_sign=probe_sign, **stats)
 
 
+def _keeps_sign(ctx) -> bool:
+    """Whether a ∇J pass keeps the probe groups' sign(∇J) (an int8 copy of every block parameter): only the
+    lookahead reads it."""
+    return ctx.planned is None or "lookahead" in ctx.planned
+
+
 @register_pass("policy_grad", "∇J per block: one plain backward per micro-batch of whole prompt groups")
 def policy_gradient(ctx) -> GradientSweep:
     """∇J = ∇ Σ_i c_i log p(y_i) by ordinary autograd (no per-sample hooks), accumulated in fp32, probe groups
-    first; after them the sign of their ∇J is kept for the lookahead. What grad_norm, taylor_saliency, the update
+    first; after them the sign of their ∇J is kept if the lookahead will run. What grad_norm, taylor_saliency, the update
     steps and the lookahead need; about half the grad_sweep's time on the organism."""
     ro = ctx.rollouts
     probe_sign = None
@@ -98,7 +104,7 @@ def policy_gradient(ctx) -> GradientSweep:
                     if g is not None:
                         total[p].add_(g.float())
                 ctx.cost.backward(1, int(ro.attention_mask[rows].sum()))
-            if probe_sign is None:
+            if probe_sign is None and _keeps_sign(ctx):
                 probe_sign = {p: g.sign().to(torch.int8) for p, g in total.items()}
     return _summary(ctx, total, probe_sign)
 
@@ -107,7 +113,7 @@ def policy_gradient(ctx) -> GradientSweep:
 def gradient_sweep(ctx) -> GradientSweep:
     """Backward of Σ_i log p(y_i) over micro-batches of whole groups, probe groups first. Hooks weight each sequence's
     gradient by c_i into ∇J and take per-sample (Fisher) and per-group (SNR) squared norms; after the probe groups,
-    the sign of their ∇J is kept for the lookahead."""
+    the sign of their ∇J is kept if the lookahead will run (an int8 copy of every block parameter)."""
     ro = ctx.rollouts
     probe_sign = None
     with BlockGradients(ctx.blocks, num_groups=ro.num_groups, per_sample=True) as bg, \
@@ -117,7 +123,7 @@ def gradient_sweep(ctx) -> GradientSweep:
                 logps = ctx.logps(ro, rows)
                 bg.backward(logps.sum(), scale=ctx.weights[rows].to(ctx.device, torch.float32), groups=groups)
                 ctx.cost.backward(1, int(ro.attention_mask[rows].sum()))
-            if probe_sign is None:
+            if probe_sign is None and _keeps_sign(ctx):
                 probe_sign = {p: g.sign().to(torch.int8) for p, g in bg.grads.items()}
     m = ro.num_groups
     return _summary(ctx, bg.grads, probe_sign, fisher=bg.sample_sq.cpu().numpy() / ro.input_ids.shape[0],
