@@ -146,7 +146,7 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
     rows = probe.batch_size if probe.batch_tokens is None else max(1, min(probe.batch_size, probe.batch_tokens // seq))
     sweep_batch = g * max(1, rows // g)  # whole groups (passes.PassContext.group_batches)
     gen_batch = max(probe.batch_size, 8)
-    ckpt = probe.gradient_checkpointing
+    ckpt = probe.checkpointing_for(shape.params)
     weights = n * w
     host_on_device = precision.device_type == "cpu"
     adam_host = nb * (w + 8 + (4 if w < 4 else 0))

@@ -49,6 +49,8 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
     passes = plan_passes([n for s in signals for n in s.needs])
     old_logps = any(PASSES[p].old_logps for p in passes)
     precision = precision or model_precision(model)
+    config = dataclasses.replace(config, gradient_checkpointing=config.checkpointing_for(
+        sum(p.numel() for p in model.parameters())))
     meter = MemoryMeter(next(model.parameters()).device)
     start = time.perf_counter()
     torch.manual_seed(config.seed)

@@ -179,6 +179,15 @@ def test_gradient_checkpointing_gives_the_same_signals(organism, math_task, monk
         np.testing.assert_allclose(ckpt[name], plain[name], rtol=1e-5, err_msg=name)
 
 
+def test_checkpointing_is_on_by_default_from_50m_parameters():
+    from layerscout.config import CHECKPOINT_FROM_PARAMS
+
+    assert not ProbeConfig().checkpointing_for(1_600_000)  # the organisms: recompute would only cost time
+    assert ProbeConfig().checkpointing_for(CHECKPOINT_FROM_PARAMS) and ProbeConfig().checkpointing_for(135_000_000)
+    assert not ProbeConfig(gradient_checkpointing=False).checkpointing_for(8_000_000_000)
+    assert ProbeConfig(gradient_checkpointing=True).checkpointing_for(1_000)
+
+
 def test_a_token_budget_splits_the_passes_and_keeps_the_signals(organism, math_task, monkeypatch):
     """batch_tokens caps each forward/backward at whole prompt groups within the budget (a group over it gets a pass
     of its own); the signals equal those of one pass per 8 sequences."""
