@@ -149,18 +149,21 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
     ckpt = probe.checkpointing_for(shape.params)
     weights = n * w
     host_on_device = precision.device_type == "cpu"
-    adam_host = nb * (w + 8 + (4 if w < 4 else 0))
+    planned = plan_passes([n for name in probe.signal_names() for n in get_signal(name).needs])
+    adam_host = nb * (w + 8 + (4 if w < 4 else 0)) if "update_steps" in planned else 0
+    sign = nb if "lookahead" in planned else 0  # the int8 sign copy of ∇J, kept only for the lookahead
     phases = {
         "rollouts": {"weights": weights, "kv_cache": _kv_cache(shape, gen_batch, seq, c),
                      "logits": gen_batch * shape.vocab_size * 4 * 2},
-        "policy_grad": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": nb, "autograd_grads": nb * c,
+        "policy_grad": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": sign,
+                        "autograd_grad": shape.largest_param * w,  # each freed once accumulated
                         "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
                         "logits": _logits(shape, sweep_batch * seq, precision.device_type)},
-        "grad_sweep": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": nb,
+        "grad_sweep": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": sign,
                        "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
                        "logits": _logits(shape, sweep_batch * seq, precision.device_type),
                        "ghost_grams": sweep_batch * seq * seq * 4 * 2},
-        "update_steps": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": nb,
+        "update_steps": {"weights": weights, "grad_accumulators": nb * 4, "probe_sign": sign,
                          "activations": _activations(shape, rows * seq, c, r, ckpt),
                          "logits": _logits(shape, rows * seq, precision.device_type),
                          "adam_transients": shape.largest_param * 4 * 3,
@@ -171,12 +174,11 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
         "attribution": {"weights": weights, "activations": _activations(shape, rows * seq, c, r, ckpt),
                         "block_outputs": shape.num_layers * rows * seq * shape.hidden_size * r,
                         "logits": _logits(shape, rows * seq, precision.device_type)},
-        "group_moments": {"weights": weights, "moment_accumulators": nb * 4 * 3, "autograd_grads": nb * c,
+        "group_moments": {"weights": weights, "moment_accumulators": nb * 4 * 3, "autograd_grads": nb * w,
                           "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
                           "logits": _logits(shape, sweep_batch * seq, precision.device_type)},
     }
     phases["own_attribution"] = dict(phases["attribution"])
-    planned = plan_passes([n for name in probe.signal_names() for n in get_signal(name).needs])
     phases = {k: v for k, v in phases.items() if k == "rollouts" or k in planned}
     if host_on_device:
         for terms in phases.values():

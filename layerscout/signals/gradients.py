@@ -89,23 +89,32 @@ def _keeps_sign(ctx) -> bool:
 
 @register_pass("policy_grad", "∇J per block: one plain backward per micro-batch of whole prompt groups")
 def policy_gradient(ctx) -> GradientSweep:
-    """∇J = ∇ Σ_i c_i log p(y_i) by ordinary autograd (no per-sample hooks), accumulated in fp32, probe groups
-    first; after them the sign of their ∇J is kept if the lookahead will run. What grad_norm, taylor_saliency, the update
-    steps and the lookahead need; about half the grad_sweep's time on the organism."""
+    """∇J = ∇ Σ_i c_i log p(y_i) by ordinary autograd (no per-sample hooks), probe groups first; after them the sign
+    of their ∇J is kept if the lookahead will run. Each parameter's gradient is added into its fp32 accumulator and
+    freed as soon as autograd has it, so no second copy of the blocks' gradients is ever held. What grad_norm,
+    taylor_saliency, the update steps and the lookahead need; about half the grad_sweep's time on the organism."""
     ro = ctx.rollouts
     probe_sign = None
+
+    def into_total(p):
+        total[p].add_(p.grad.float())
+        p.grad = None
+
     with block_params_require_grad(ctx.blocks) as params, \
             checkpointed(ctx.blocks, ctx.config.gradient_checkpointing, reentrant=False):
         total = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
-        for part in (ctx.probe_groups, ctx.heldout_groups):
-            for rows, _ in ctx.bar(ctx.group_batches(part), "gradients"):
-                objective = (ctx.logps(ro, rows).sum(dim=1) * ctx.weights[rows].to(ctx.device, torch.float32)).sum()
-                for p, g in zip(params, torch.autograd.grad(objective, params, allow_unused=True)):
-                    if g is not None:
-                        total[p].add_(g.float())
-                ctx.cost.backward(1, int(ro.attention_mask[rows].sum()))
-            if probe_sign is None and _keeps_sign(ctx):
-                probe_sign = {p: g.sign().to(torch.int8) for p, g in total.items()}
+        hooks = [p.register_post_accumulate_grad_hook(into_total) for p in params]
+        try:
+            for part in (ctx.probe_groups, ctx.heldout_groups):
+                for rows, _ in ctx.bar(ctx.group_batches(part), "gradients"):
+                    w = ctx.weights[rows].to(ctx.device, torch.float32)
+                    (ctx.logps(ro, rows).sum(dim=1) * w).sum().backward()
+                    ctx.cost.backward(1, int(ro.attention_mask[rows].sum()))
+                if probe_sign is None and _keeps_sign(ctx):
+                    probe_sign = {p: g.sign().to(torch.int8) for p, g in total.items()}
+        finally:
+            for h in hooks:
+                h.remove()
     return _summary(ctx, total, probe_sign)
 
 
