@@ -67,10 +67,11 @@ def rank_cost(directory: Path) -> dict:
     records = [json.loads(p.read_text()) for p in sorted(directory.glob("runs/*/*.json"))]
     full = [r["wall_seconds"] for r in records if r["layers"] is None]
     rank_s = ranking.get("cost", {}).get("seconds")
+    signals = len(ranking["layers"][0]["signals"]) if ranking.get("layers") else 0
     if rank_s is None or not records:
-        return {"rank_seconds": rank_s, "full_run_seconds": None, "sweep_seconds": None, "vs_full_run": None,
-                "vs_sweep": None}
-    return {"rank_seconds": rank_s, "full_run_seconds": float(np.median(full)) if full else None,
+        return {"rank_seconds": rank_s, "signals": signals, "full_run_seconds": None, "sweep_seconds": None,
+                "vs_full_run": None, "vs_sweep": None}
+    return {"rank_seconds": rank_s, "signals": signals, "full_run_seconds": float(np.median(full)) if full else None,
             "sweep_seconds": float(sum(r["wall_seconds"] for r in records)),
             "vs_full_run": rank_s / float(np.median(full)) if full else None,
             "vs_sweep": rank_s / sum(r["wall_seconds"] for r in records) if records else None}
@@ -151,7 +152,8 @@ def main() -> None:
     costs = {Path(d).name: rank_cost(Path(d)) for d in args.sweeps}
     for name, c in costs.items():
         if c["vs_full_run"] is not None:
-            print(f"cost of rank on {name}: {c['rank_seconds']:.0f} s = {100 * c['vs_full_run']:.1f} % of one full run "
+            print(f"cost of {name}'s ranking ({c['signals']} signals, at its own time and load): "
+                  f"{c['rank_seconds']:.0f} s = {100 * c['vs_full_run']:.1f} % of one full run "
                   f"({c['full_run_seconds']:.0f} s), {100 * c['vs_sweep']:.2f} % of the sweep ({c['sweep_seconds']:.0f} s)")
     measured = None
     if args.measure_cost:
