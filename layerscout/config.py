@@ -113,8 +113,8 @@ class ProbeConfig:
             raise LayerscoutError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {self.loss_type!r}")
         if not 0.0 < self.lookahead_fraction < 1.0:
             raise LayerscoutError(f"lookahead_fraction must be in (0, 1); got {self.lookahead_fraction}")
-        for name in ("max_completion_length", "batch_size", "batch_tokens", "graft_steps", "graft_prompts", "estimate_prompts",
-                     "thinking_tokens", "prompt_budget"):
+        for name in ("max_completion_length", "batch_size", "batch_tokens", "graft_steps", "graft_prompts",
+                     "estimate_prompts", "thinking_tokens", "prompt_budget"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise LayerscoutError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.graft_learning_rate <= 0:
@@ -141,7 +141,7 @@ class ProbeConfig:
         return num_params >= CHECKPOINT_FROM_PARAMS
 
     def signal_names(self) -> list[str]:
-        """Every signal the probe computes: `signals`, then the score's inputs (the predictor's, else score_weights')."""
+        """Every signal the probe computes: `signals`, then the score's inputs (predictor's, else score_weights')."""
         from .predictor import load_predictor
         from .signals import get_signal  # unknown names fail with suggestions
 

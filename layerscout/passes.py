@@ -7,6 +7,7 @@ Cost is counted in rollout-batch equivalents: one forward+backward unit is a bac
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -78,8 +79,6 @@ class Cost:
     @contextmanager
     def measure(self, name: str):
         """Record what the enclosed pass spent (seconds and units) under by_pass[name]."""
-        import time
-
         before, start = self._units(), time.perf_counter()
         try:
             yield
