@@ -65,7 +65,10 @@ def test_estimates_move_the_right_way():
     ckpt = probe_memory(shape, ProbeConfig(num_generations=8, max_completion_length=1024, gradient_checkpointing=True),
                         cuda, 256)
     assert ckpt["peak_bytes"] < plain["peak_bytes"]
-    assert plain["host_bytes"] == shape.block_params * (4 + 8)  # fp32 θ0, Adam m and v off the GPU
+    assert plain["host_bytes"] == 0  # the default probe runs no update steps
+    updates = probe_memory(shape, ProbeConfig(num_generations=8, max_completion_length=1024, signals=["update_norm"]),
+                           cuda, 256)
+    assert updates["host_bytes"] == shape.block_params * (4 + 8)  # fp32 θ0, Adam m and v off the GPU
     rl = RLConfig(num_generations=8, max_completion_length=1024)
     full = grpo_memory(shape, rl, cuda, 256, None, micro_batch=8)
     one = grpo_memory(shape, rl, cuda, 256, 1, micro_batch=8)
