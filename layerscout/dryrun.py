@@ -265,7 +265,7 @@ def prompt_tokens(name_or_path: str | None, task, n: int = 32) -> tuple[int, str
     from .models import load_tokenizer
 
     try:
-        tok = load_tokenizer(name_or_path)
+        tok = load_tokenizer(name_or_path, task=task.name)  # no model: the task's own organism
     except (LayerscoutError, OSError, ValueError):
         return DEFAULT_PROMPT_TOKENS, "assumed (no tokenizer here)"
     prompts = task.load_prompts("train", n, 0)["prompt"]

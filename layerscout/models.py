@@ -143,15 +143,16 @@ def _load_tokenizer(source: str, **kw) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(source, **kw)
 
 
-def load_tokenizer(name_or_path: str | None) -> PreTrainedTokenizerBase:
+def load_tokenizer(name_or_path: str | None, task: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer alone, no weights: of a local dir, a .gguf file, a hub id (local cache first) or (None) the
-    default organism. Raises OSError/ValueError where there is none."""
+    default organism of `task` (organisms.TASK_ORGANISMS; built on first use). Raises OSError/ValueError where there
+    is none."""
     from transformers import AutoTokenizer
 
     if name_or_path is None:
-        from .organisms import default_organism_path
+        from .organisms import default_organism_path, task_organism
 
-        name_or_path = str(default_organism_path())
+        name_or_path = str(default_organism_path(task_organism(task)))
     path = Path(name_or_path).expanduser()
     if path.is_file():
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)

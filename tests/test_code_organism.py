@@ -157,6 +157,8 @@ def test_rank_train_calibrate_on_code_with_no_model_use_the_code_organism(tiny_c
     r = CliRunner().invoke(cli, ["rank", "--task", "code", "--dry-run", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["model"]["num_layers"] == 2  # the code organism's shape, not the math one's
+    # and its tokenizer: the dry run built no other organism (it used to build the whole math organism here)
+    assert [p.name for p in tiny_code_default.parent.iterdir()] == [tiny_code_default.name]
     r = CliRunner().invoke(cli, ["rank", "--task", "code", "--json", "--quiet", *small])
     assert r.exit_code == 0, r.output
     ranking = json.loads(r.stdout)
