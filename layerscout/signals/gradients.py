@@ -1,4 +1,5 @@
-"""Per-block gradient signals from one batched backward sweep over the rollouts (the `grad_sweep` pass).
+"""Per-block gradient signals from one batched backward sweep over the rollouts: `policy_grad` (∇J alone, plain
+autograd) or `grad_sweep` (∇J plus per-sample and per-group norms from hooks; it covers policy_grad).
 
 grad_norm ||∇_k J|| of the GRPO objective J = Σ_i c_i Σ_t log p(y_it) (c_i from grpo.sequence_weights);
 fisher_trace (1/N) Σ_i ||∇_k log p(y_i|x_i)||² (empirical Fisher); grad_snr ||mean_m g_m||² / var_m(g_m) over prompt
