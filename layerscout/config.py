@@ -196,6 +196,21 @@ def from_dict(cls: type, data: dict, source: str = "config") -> Any:
     return cls(**{k: (float(v) if hints[k] is float and isinstance(v, int) else v) for k, v in data.items()})
 
 
+def yaml_load(text: str) -> Any:
+    """yaml.safe_load, but `3e-4` is a float as in YAML 1.2 and JSON (PyYAML follows YAML 1.1, where a float
+    needs a dot, so learning rates written the usual way would arrive as strings)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                 list("-+0123456789."))
+    return yaml.load(text, Loader=Loader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`key=value` (dotted keys allowed); the value is parsed as YAML so `32`, `0.1`, `[a, b]` get types."""
     import yaml
@@ -204,14 +219,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise LayerscoutError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
+        value = yaml_load(raw)
     except yaml.YAMLError as e:
         raise LayerscoutError(f"override {text!r}: {e}") from None
-    if isinstance(value, str) and raw.strip()[:1] not in ("'", '"'):  # YAML 1.1 reads 3e-5 (no dot) as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
     return key.strip(), value
 
 
@@ -237,7 +247,7 @@ def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     if path.resolve() in _seen:
         raise LayerscoutError(f"{path}: include cycle")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except FileNotFoundError:
         raise LayerscoutError(f"no such file: {path}") from None
     except yaml.YAMLError as e:

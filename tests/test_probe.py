@@ -326,6 +326,20 @@ def test_overrides_parse_numbers_but_keep_quoted_strings():
     assert parse_override('layers="::3"') == ("layers", "::3") and parse_override("n=32") == ("n", 32)
 
 
+def test_yaml_configs_read_exponent_floats(tmp_path):
+    """`learning_rate: 3e-4` in a sweep YAML is a float, as in the overrides (PyYAML alone gives the string '3e-4',
+    which the config then refused)."""
+    from layerscout.calibrate import CalibrationConfig
+    from layerscout.config import from_dict, load_yaml
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("rl: {learning_rate: 3e-4, max_grad_norm: -1.5E+0}\nseeds: [0]\nlayers: '1'\n")
+    data = load_yaml(path)
+    assert data["rl"] == {"learning_rate": 3e-4, "max_grad_norm": -1.5} and data["layers"] == "1"
+    with pytest.raises(LayerscoutError, match="max_grad_norm"):   # the value arrives as a number and is checked
+        from_dict(CalibrationConfig, data)
+
+
 def test_lookahead_gain_is_the_heldout_gain_of_a_step_on_that_block_alone(organism, math_task):
     """Each block's gain against full forwards with only that block stepped (the replay must not carry block 0's
     step into later blocks, as the recorded outputs did before)."""
