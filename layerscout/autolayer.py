@@ -88,6 +88,7 @@ def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking
         chosen = run_probe(*base.get(), task_obj, recipe.probe, progress=progress,
                            precision=model_precision(base.get()[0], dtype))
     override = check_ranking_fits(chosen, base.get()[0], force)
+    task_obj = task_at_ranked_rung(task_obj, chosen)
     layers = chosen.top(top_k)
     if not (resume and kept.exists()):
         write_json(kept, chosen.to_dict())
@@ -101,6 +102,17 @@ def train_auto(model: str | None, task: str = "math", *, top_k: int = 1, ranking
     if settings is not None and not record.get("finished_before"):
         _add_main_cost(record, out)
     return record
+
+
+def task_at_ranked_rung(task, ranking: LayerRanking):
+    """The task at the difficulty rung the probe chose (ranking.rollouts["rung"]) when its ladder is left on auto:
+    the rung where this model's groups disagree is where RL has signal, and rung 0 may be one it always solves."""
+    rung = ranking.rollouts.get("rung")
+    for name, rung_task in task.ladder():
+        if name == rung:
+            log.info("training on rung %s, the one the ranking's pass-rate estimate chose", name)
+            return rung_task
+    return task
 
 
 # ---------------------------------------------------------------- verify: K short single-block runs

@@ -192,13 +192,13 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
 def grpo_memory(shape: ModelShape, rl, precision, prompt_tokens: int, trained_blocks: int | None,
                 micro_batch: int | None = None, gradient_checkpointing: bool | None = None) -> dict:
     """Peak bytes of a TRL GRPO run of RLConfig `rl`: full-parameter (trained_blocks None) or that many blocks.
-    micro_batch (sequences per backward) and gradient_checkpointing default to what `rl` gives TRL:
-    prompts_per_step x num_generations / trl.gradient_accumulation_steps, and trl.gradient_checkpointing."""
-    trl = getattr(rl, "trl", {})
+    micro_batch (sequences per backward) and gradient_checkpointing default to what `rl` gives TRL on this model:
+    prompts_per_step x num_generations / trl.gradient_accumulation_steps (RLConfig.sized_for), and
+    trl.gradient_checkpointing."""
     if micro_batch is None:
-        micro_batch = rl.prompts_per_step * rl.num_generations // trl.get("gradient_accumulation_steps", 1)
+        micro_batch = train_micro_batch(shape, rl)
     if gradient_checkpointing is None:
-        gradient_checkpointing = bool(trl.get("gradient_checkpointing", False))
+        gradient_checkpointing = bool(rl.trl.get("gradient_checkpointing", False))
     w, c = _bytes_of(precision.weights), _bytes_of(precision.compute)
     r = 4 if precision.weights == "float32" else w
     seq = prompt_tokens + rl.max_completion_length
@@ -218,6 +218,12 @@ def grpo_memory(shape: ModelShape, rl, precision, prompt_tokens: int, trained_bl
                        "logits": _logits(shape, mb * seq, precision.device_type)},
     }
     return _peak(phases)
+
+
+def train_micro_batch(shape: ModelShape, rl) -> int:
+    """Completions per backward pass that TRL gets on this model (RLConfig.sized_for)."""
+    steps = rl.sized_for(shape.params).trl.get("gradient_accumulation_steps", 1)
+    return rl.prompts_per_step * rl.num_generations // steps
 
 
 def _peak(phases: dict[str, dict[str, int]]) -> dict:
@@ -313,7 +319,8 @@ def plan_train(model: str | None, task, rl, layers: list[int] | None, device: st
             "rollouts": {"steps": rl.max_steps, "prompts_per_step": rl.prompts_per_step,
                          "num_generations": rl.num_generations, "max_completion_length": rl.max_completion_length,
                          "prompt_tokens": prompt, "prompt_tokens_source": how,
-                         "completions": rl.max_steps * rl.prompts_per_step * rl.num_generations},
+                         "completions": rl.max_steps * rl.prompts_per_step * rl.num_generations,
+                         "micro_batch": train_micro_batch(shape, rl)},
             "memory": estimate, "fits": _fits(estimate, capacity)}
 
 
@@ -336,7 +343,7 @@ def plan_calibrate(config) -> dict:
             "rollouts": {"runs": len(config.seeds) * (1 + len(layers)), "steps_per_run": rl.max_steps,
                          "prompts_per_step": rl.prompts_per_step, "num_generations": rl.num_generations,
                          "max_completion_length": rl.max_completion_length, "prompt_tokens": prompt,
-                         "prompt_tokens_source": how},
+                         "prompt_tokens_source": how, "micro_batch": train_micro_batch(shape, rl)},
             "estimates": estimates, "fits": _fits(estimates["full-parameter run"], capacity)}
 
 

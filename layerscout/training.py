@@ -53,6 +53,7 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
     task = _setup_task(task)
     model, tokenizer, base_id, in_memory = _setup_model(model, task.name)
     check_supported(task, config)
+    config = config.sized_for(sum(p.numel() for p in model.parameters()), processes())
     identity = run_identity(model, task, layers, config)
     finished = _check_resume(out, identity, resume)
     if finished is not None:
@@ -458,6 +459,7 @@ def _record(model, task, layers, config, base_id, trainable, base_state, base_ev
         "model": base_id, "num_layers": num_layers(model), "layers": layers,
         "trainable_params": sum(own[n].numel() for n in trainable),
         "task": task.name, "task_version": task.version,
+        "task_options": json.loads(json.dumps(getattr(task, "config", {}), default=str)),
         "algo": config.loss_type, "seed": config.seed, "steps": trainer.state.global_step,
         "precision": training_precision(model, *((False, False) if is_multi_turn(task) else
                                                  (trainer.args.bf16, trainer.args.fp16))),

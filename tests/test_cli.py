@@ -185,6 +185,21 @@ def test_rank_json_and_output_file(ranked, organism_path, tmp_path):
     assert r.exit_code == 2 and "4 layers" in r.output and "has 6" in r.output
 
 
+def test_auto_layer_trains_on_the_rung_the_probe_chose(ranked, organism_path, tmp_path):
+    """A ranking probed on rung 1 (2-digit sums) trains on rung 1, not on the recipe's rung 0."""
+    out, _ = ranked
+    data = json.loads(out.read_text())
+    assert data["rollouts"]["rung"] == "sum_1digit"          # the organism's own rung, where its pass rates sit
+    data["rollouts"]["rung"] = "sum_2digit"
+    (tmp_path / "r1.json").write_text(json.dumps(data))
+    r = CliRunner().invoke(cli, ["train", str(organism_path), "--auto-layer", "--ranking", str(tmp_path / "r1.json"),
+                                 *TRAIN_FAST, "--output", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.stdout)
+    assert record["task_options"]["rung"] == 1
+    assert record["task_options"]["generator_config"]["min_digits"] == 2
+
+
 def test_probes_cp_then_validate(tmp_path):
     dest = tmp_path / "my.yaml"
     assert run("probes", "cp", "math", str(dest)).exit_code == 0

@@ -99,7 +99,13 @@ def test_train_and_calibrate_dry_runs(tmp_path):
     assert out.exit_code == 0, out.output
     plan = json.loads(out.output)
     assert plan["layers"] == [3] and plan["memory"]["peak_phase"] in ("generation", "train_step")
+    assert plan["rollouts"]["micro_batch"] == 8   # the 32 completions of a step in TRL micro-batches of 8 from 50M up
     assert not (tmp_path / "run").exists()
+    one = CliRunner().invoke(cli, ["train", str(HUB / "Qwen3-1.7B"), "--layers", "3", "--dry-run", "--json", "--device",
+                                   "cpu", "--output", str(tmp_path / "run"), "-o", "trl.gradient_accumulation_steps=1"])
+    whole = json.loads(one.output)
+    assert whole["rollouts"]["micro_batch"] == 32
+    assert whole["memory"]["totals"]["train_step"] > plan["memory"]["totals"]["train_step"]
     out = CliRunner().invoke(cli, ["calibrate", str(HUB / "Qwen3-1.7B"), "--layers", "::7", "--seeds", "2",
                                    "--dry-run", "--json", "--output", str(tmp_path / "cal")])
     assert out.exit_code == 0, out.output

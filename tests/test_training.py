@@ -344,6 +344,47 @@ def test_trl_block_passes_any_grpo_config_field_through():
     assert RLConfig(prompts_per_step=4).to_grpo_config("o", processes=2).per_device_train_batch_size == 8
 
 
+def test_accumulation_steps_by_hand():
+    from layerscout.config import accumulation_steps
+
+    assert [accumulation_steps(n, 8) for n in (8, 32, 12, 20, 7, 11)] == [1, 4, 2, 4, 1, 11]  # 11: prime
+    assert accumulation_steps(32, 1) == 32 and accumulation_steps(32, 100) == 1
+
+
+def test_models_from_50m_parameters_get_micro_batches_of_8():
+    from layerscout.config import CHECKPOINT_FROM_PARAMS
+
+    rl = RLConfig(prompts_per_step=8, num_generations=4)
+    assert rl.sized_for(CHECKPOINT_FROM_PARAMS - 1) is rl                      # organisms: one backward per step
+    assert rl.sized_for(CHECKPOINT_FROM_PARAMS).trl == {"gradient_accumulation_steps": 4}
+    assert rl.sized_for(CHECKPOINT_FROM_PARAMS, processes=2).trl == {"gradient_accumulation_steps": 2}
+    mine = RLConfig(trl={"gradient_accumulation_steps": 1})
+    assert mine.sized_for(10**9) is mine                                          # the user's value stands
+    args = rl.sized_for(10**9).to_grpo_config("o")
+    assert args.per_device_train_batch_size == 8 and args.gradient_accumulation_steps == 4
+    assert args.generation_batch_size == 32                                       # one generation per step
+
+
+def test_accumulated_micro_batches_give_the_one_batch_update(tok, tmp_path, monkeypatch):
+    """The automatic accumulation (here forced onto the small model) trains the block as one 32-completion
+    backward does: same rollouts, same loss, updates equal up to float summation order."""
+    import layerscout.config as config_module
+
+    cfg = dict(max_steps=1, prompts_per_step=4, num_generations=4, save_steps=0)
+    one, plain = train(tok, tmp_path / "one", **cfg)
+    monkeypatch.setattr(config_module, "CHECKPOINT_FROM_PARAMS", 1)
+    accumulated, record = train(tok, tmp_path / "acc", **cfg)
+    assert record["config"]["trl"] == {"gradient_accumulation_steps": 2}        # 16 completions in micro-batches of 8
+    assert "trl" not in plain["config"] or not plain["config"]["trl"]
+    prefix = layer_prefix(one, LAYER)
+    base = fresh(tok).state_dict()
+    for name, tensor in accumulated.state_dict().items():
+        if name.startswith(prefix):
+            moved = one.state_dict()[name] - base[name]
+            assert torch.allclose(tensor - base[name], moved, rtol=1e-3, atol=1e-7), name
+            assert moved.abs().max() > 0
+
+
 def test_trl_block_errors_name_the_field():
     with pytest.raises(LayerscoutError, match=r"trl\.gradient_acumulation_steps is not a trl\.GRPOConfig field; "
                                               r"did you mean gradient_accumulation_steps"):
