@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -55,6 +56,8 @@ def _echo(message="", **kw) -> None:
 def cli(ctx, debug):
     """Predict which decoder layers of an LLM are worth RL-training alone, then train only those."""
     ctx.obj = {"debug": debug}
+    # TRL asks every step through transformers' deprecated name; nothing the user could change
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def _emit(data: dict, as_json: bool, table) -> None:
@@ -95,6 +98,15 @@ def configure_logging(verbose: bool = False, log_file: str | None = None) -> Non
     logging.captureWarnings(bool(handlers))
 
 
+def _quiet_option(ctx, param, quiet: bool) -> bool:
+    """--quiet silences transformers' own bars too (loading weights)."""
+    if quiet:
+        from transformers.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    return quiet
+
+
 def _log_option(ctx, param, value):
     if value:
         if param.name == "log_file":
@@ -132,7 +144,7 @@ SHARED = {
                                   "only the model's config)")],
     "json": [click.option("--json", "as_json", is_flag=True,
                           help="print the result as one JSON document on stdout (logs and progress go to stderr)")],
-    "quiet": [click.option("--quiet", is_flag=True, help="no progress bars")],
+    "quiet": [click.option("--quiet", is_flag=True, callback=_quiet_option, help="no progress bars")],
     "log": [click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_log_option,
                          help="log what happens (INFO) to stderr"),
             click.option("--log-file", type=click.Path(dir_okay=False), expose_value=False, callback=_log_option,
@@ -411,10 +423,6 @@ def eval_cmd(model, n, samples, max_new_tokens, **opts):
 
     recipe = load_recipe(*_task_spec(opts))
     task = build_task(recipe)
-    if opts["quiet"]:
-        from transformers.utils.logging import disable_progress_bar
-
-        disable_progress_bar()
     m, tok = load_model(ModelSpec(name_or_path=model, device=opts["device"], dtype=opts["dtype"]), task=recipe.task)
     result = {"model": model_name(m), "task": recipe.task,
               **evaluate(m, tok, task, n=n, seed=opts["seed"] or 0, num_samples=samples,

@@ -200,6 +200,16 @@ def test_auto_layer_trains_on_the_rung_the_probe_chose(ranked, organism_path, tm
     assert record["task_options"]["generator_config"]["min_digits"] == 2
 
 
+def test_a_quiet_run_prints_only_its_json(organism_path, tmp_path):
+    """`--quiet --json`: stdout is the record, stderr is empty (it held transformers' weight-loading bar and a
+    FutureWarning that TRL triggers every run)."""
+    proc = subprocess.run([sys.executable, "-m", "layerscout.cli", "train", str(organism_path), "--layers", "1",
+                           *TRAIN_FAST, "--output", str(tmp_path / "run")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert json.loads(proc.stdout)["layers"] == [1]
+
+
 def test_probes_cp_then_validate(tmp_path):
     dest = tmp_path / "my.yaml"
     assert run("probes", "cp", "math", str(dest)).exit_code == 0
