@@ -202,12 +202,14 @@ class MultiTurnTrainer:
 
     def _backward(self, samples: list[tuple[list[int], list[int]]], advantages: torch.Tensor) -> float:
         """Accumulate the gradient of -J over all step samples, in micro-batches of similar length (trimmed of
-        all-padding columns). Ratios are 1 (one update per batch, as TRL with num_iterations=1)."""
+        all-padding columns) of TRL's per-device batch size, so trl.gradient_accumulation_steps (set from 50M
+        parameters, RLConfig.sized_for) shrinks them as in TRL. Ratios are 1 (one update per batch, as TRL with
+        num_iterations=1)."""
         device = next(self.model.parameters()).device
         ids, attn, cmask, _ = _pack(samples, self.tokenizer)
         weights = sequence_weights(advantages, cmask, self.loss_type, self.config.max_completion_length)
         order = sorted(range(len(samples)), key=lambda i: len(samples[i][0]) + len(samples[i][1]))
-        size = self.config.prompts_per_step * self.config.num_generations
+        size = self.args.per_device_train_batch_size  # completions / trl.gradient_accumulation_steps, as TRL's
         total = 0.0
         with fused_head(self.model, self.config.temperature):  # TRL's log-probs: temperature, no full logits
             for s in range(0, len(order), size):

@@ -281,6 +281,29 @@ def test_full_parameter_gigpo_and_episode_grpo(tok, dense, tmp_path):
     assert record["algo"] == "dr_grpo" and record["log_history"][0]["grad_norm"] > 0
 
 
+def test_gigpo_micro_batches_follow_trl_accumulation(tok, dense, tmp_path):
+    """trl.gradient_accumulation_steps splits the step samples into smaller backward passes (more forward calls
+    with grad), and the update stays the one-batch update."""
+    counts = []
+
+    def run(out, **cfg):
+        model = fresh(tok)
+        calls = [0]
+        model.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + torch.is_grad_enabled()))
+        train(tok, out, dense, model=model, max_steps=1, save_steps=0, **cfg)
+        counts.append(calls[0])
+        return model
+
+    one = run(tmp_path / "one")
+    split = run(tmp_path / "split", trl={"gradient_accumulation_steps": 4})
+    assert counts[1] > counts[0] >= 1
+    base = fresh(tok).state_dict()
+    prefix = layer_prefix(one, 2)
+    for name, tensor in split.state_dict().items():
+        if name.startswith(prefix):
+            assert torch.allclose(tensor - base[name], one.state_dict()[name] - base[name], rtol=1e-3, atol=1e-7), name
+
+
 def test_gigpo_refuses_single_turn_tasks_and_kl(tok, dense, tmp_path):
     with pytest.raises(LayerscoutError, match="gigpo needs a multi-turn task"):
         train(tok, tmp_path / "a", get_task("math"))
