@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from layerscout.config import parse_override
 
 
 def child(spec: dict) -> dict:
@@ -128,7 +128,7 @@ def main() -> None:
     for label, model, steps in models:
         base = {"model": model, "steps": steps, "warmup": args.warmup, "prompts": args.prompts,
                 "generations": args.generations, "tokens": args.tokens, "threads": args.threads,
-                "trl": {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.trl)}}
+                "trl": dict(parse_override(kv) for kv in args.trl)}
         pairs = []
         for rep in range(args.repeats):  # alternate the order so a load change hits both configs alike
             order = [{**base, "layer": args.layer}, {**base, "layer": None}]
