@@ -4,6 +4,7 @@ type checks) that turns probe recipes into them. Every field's `help` metadata f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -200,9 +201,9 @@ def from_dict(cls: type, data: dict, source: str = "config") -> Any:
     return cls(**{k: (float(v) if hints[k] is float and isinstance(v, int) else v) for k, v in data.items()})
 
 
-def yaml_load(text: str) -> Any:
-    """yaml.safe_load, but `3e-4` is a float as in YAML 1.2 and JSON (PyYAML follows YAML 1.1, where a float
-    needs a dot, so learning rates written the usual way would arrive as strings)."""
+@functools.cache
+def _yaml_loader() -> type:
+    """SafeLoader with YAML 1.2's float rule (`3e-4`), built once."""
     import re
 
     import yaml
@@ -212,7 +213,15 @@ def yaml_load(text: str) -> Any:
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
                                  list("-+0123456789."))
-    return yaml.load(text, Loader=Loader)
+    return Loader
+
+
+def yaml_load(text: str) -> Any:
+    """yaml.safe_load, but `3e-4` is a float as in YAML 1.2 and JSON (PyYAML follows YAML 1.1, where a float
+    needs a dot, so learning rates written the usual way would arrive as strings)."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
 
 
 def parse_override(text: str) -> tuple[str, Any]:

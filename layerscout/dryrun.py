@@ -82,7 +82,7 @@ def model_shape(name_or_path: str | None, gguf_file: str | None = None, revision
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .models import decoder_layers
+    from .models import decoder_layers, num_parameters
 
     config = model_config(name_or_path, gguf_file, revision, task)
     with torch.device("meta"):
@@ -96,8 +96,8 @@ def model_shape(name_or_path: str | None, gguf_file: str | None = None, revision
         hidden_size=text.hidden_size, intermediate_size=getattr(text, "intermediate_size", None) or 4 * text.hidden_size,
         num_heads=heads, num_kv_heads=getattr(text, "num_key_value_heads", None) or heads, head_dim=head_dim,
         vocab_size=text.vocab_size, tied_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
-        params=sum(p.numel() for p in model.parameters()),
-        block_params=sum(p.numel() for b in blocks for p in b.parameters()),
+        params=num_parameters(model),
+        block_params=sum(num_parameters(b) for b in blocks),
         largest_param=max(p.numel() for b in blocks for p in b.parameters()))
 
 

@@ -365,6 +365,11 @@ def freeze_all_but(model: torch.nn.Module, layers: list[int] | None, train_embed
     return [name for name, p in model.named_parameters() if p.requires_grad]
 
 
+def num_parameters(module: torch.nn.Module) -> int:
+    """Every parameter of `module` (a model or one block), trainable or not; the memory plans scale with it."""
+    return sum(p.numel() for p in module.parameters())
+
+
 def model_name(model: torch.nn.Module) -> str:
     """What the user loaded (hub id, dir or .gguf path), else the config's path, else the class name."""
     return (getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)

@@ -157,6 +157,7 @@ def _train(config: OrganismConfig, progress: bool) -> tuple[dict, Any, Any]:
     """The SFT loop of build_organism; returns (organism.json record, model, tokenizer)."""
     import torch
 
+    from .models import num_parameters
     from .tasks import get_task
 
     start = time.perf_counter()
@@ -187,7 +188,7 @@ def _train(config: OrganismConfig, progress: bool) -> tuple[dict, Any, Any]:
         **_headroom(model, tokenizer, task, config),
         "steps": config.max_steps,
         "final_loss": round(loss.item(), 4),
-        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "num_parameters": num_parameters(model),
         "wall_seconds": round(time.perf_counter() - start, 1),
         "versions": _versions(),
     }

@@ -10,6 +10,7 @@ coefficients, feature names, provenance. Cost: milliseconds; the probe that meas
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import warnings
@@ -326,14 +327,22 @@ SHIPPED = "predictor.json"  # in probes/ (package data layerscout._probes)
 
 def load_predictor(spec: str | None) -> FittedPredictor | None:
     """A ProbeConfig.predictor value -> the predictor: None (score_weights rule), "default" (the one shipped in
-    probes/predictor.json) or a JSON path from `layerscout fit`."""
+    probes/predictor.json) or a JSON path from `layerscout fit`. Read once per file version: a config check and
+    the probe it precedes share one parse, and a refitted file is read afresh."""
     if spec is None:
         return None
     if spec == "default":
         from .recipes import builtin_dir
 
-        return FittedPredictor.load(builtin_dir() / SHIPPED)
-    return FittedPredictor.load(spec)
+        spec = builtin_dir() / SHIPPED
+    path = Path(spec)
+    stat = path.stat() if path.is_file() else None
+    return _load_version(str(path), stat and (stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_version(path: str, version: tuple[int, int] | None) -> FittedPredictor:
+    return FittedPredictor.load(path)
 
 
 # ---------------------------------------------------------------- fitting from sweep dirs

@@ -18,7 +18,7 @@ from .config import ProbeConfig
 from .errors import LayerscoutError
 from .logprobs import fused_head
 from .memory import MemoryMeter
-from .models import model_name
+from .models import model_name, num_parameters
 from .passes import PASSES, PassContext, plan_passes, run_passes
 from .precision import Precision, model_precision
 from .predictor import load_predictor
@@ -49,8 +49,7 @@ def run_probe(model, tokenizer, task, config: ProbeConfig | None = None, progres
     passes = plan_passes([n for s in signals for n in s.needs])
     old_logps = any(PASSES[p].old_logps for p in passes)
     precision = precision or model_precision(model)
-    config = dataclasses.replace(config, gradient_checkpointing=config.checkpointing_for(
-        sum(p.numel() for p in model.parameters())))
+    config = dataclasses.replace(config, gradient_checkpointing=config.checkpointing_for(num_parameters(model)))
     meter = MemoryMeter(next(model.parameters()).device)
     start = time.perf_counter()
     torch.manual_seed(config.seed)

@@ -45,6 +45,7 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
     result is their score). Returns the run record also written to `output_dir/train_report.json`. Example:
     `train_layers(None, "math", [2], RLConfig(max_steps=10), "runs/l2")["final_score"]`.
     """
+    from .models import num_parameters
     from .multiturn import check_supported
 
     start = time.perf_counter()
@@ -53,7 +54,7 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
     task = _setup_task(task)
     model, tokenizer, base_id, in_memory = _setup_model(model, task.name)
     check_supported(task, config)
-    config = config.sized_for(sum(p.numel() for p in model.parameters()), processes())
+    config = config.sized_for(num_parameters(model), processes())
     identity = run_identity(model, task, layers, config)
     finished = _check_resume(out, identity, resume)
     if finished is not None:

@@ -299,3 +299,11 @@ def test_real_gguf_loads_trainable_and_caches(cache, monkeypatch):
     again, _ = load_model(str(GGUF))
     assert time.time() - start < 10
     assert torch.equal(again.model.layers[5].mlp.up_proj.weight, model.model.layers[5].mlp.up_proj.weight)
+
+
+def test_num_parameters_counts_frozen_and_shared_once():
+    layer = torch.nn.Linear(3, 2)  # 3*2 weights + 2 biases
+    model = torch.nn.Sequential(layer, torch.nn.Linear(2, 1, bias=False), layer)  # the shared layer counts once
+    model[1].weight.requires_grad_(False)
+    assert models.num_parameters(model) == 8 + 2
+    assert models.num_parameters(model[1]) == 2

@@ -10,7 +10,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from layerscout.errors import LayerscoutError
 from layerscout.predictor import (Candidate, FittedPredictor, LayerPredictor, Sweep, block_features, candidates,
-                                  dataset, fit_predictor, lomo_scores, nested_lomo, normalise_within, select)
+                                  dataset, fit_predictor, load_predictor, lomo_scores, nested_lomo,
+                                  normalise_within, select)
 
 
 @parametrize_with_checks([LayerPredictor(), LayerPredictor(kind="forest", random_state=0)])
@@ -88,9 +89,14 @@ def test_json_round_trip_predicts_the_same(tmp_path):
                                                                                               "relative_depth"]
     with pytest.raises(LayerscoutError, match="not shipped as data"):
         Candidate(("good",), kind="forest").fit(sweeps).to_dict()
+    assert load_predictor(str(path)) is load_predictor(str(path))  # parsed once per file version
     path.write_text('{"format": "x"}')
     with pytest.raises(LayerscoutError, match="not a layerscout predictor"):
         FittedPredictor.load(path)
+    with pytest.raises(LayerscoutError, match="not a layerscout predictor"):
+        load_predictor(str(path))  # a rewritten file is read afresh
+    with pytest.raises(LayerscoutError, match="no such predictor file"):
+        load_predictor(str(tmp_path / "missing.json"))
 
 
 def write_sweep_dir(directory, sweep):
@@ -167,7 +173,6 @@ def test_the_shipped_predictor_is_the_default_and_names_its_sweeps(organism, mat
     from pathlib import Path
 
     from layerscout.config import ProbeConfig
-    from layerscout.predictor import load_predictor
     from layerscout.probe import run_probe
 
     shipped = load_predictor("default")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import LayerscoutError
+from ..models import num_parameters
 from ..passes import block_params_require_grad, checkpointed, register_pass
 from ..persample import BlockGradients
 from . import register_signal
@@ -75,7 +76,7 @@ def _summary(ctx, total: dict, probe_sign: dict, **stats) -> GradientSweep:
     weights = {p: p.detach() for b in ctx.blocks for p in b.parameters()}
     return GradientSweep(
         pg_sq_norm=pg_sq,
-        param_count=np.array([sum(p.numel() for p in b.parameters()) for b in ctx.blocks], dtype=float),
+        param_count=np.array([num_parameters(b) for b in ctx.blocks], dtype=float),
         weight_norm=np.sqrt(block_sq_norms(weights, ctx.blocks).cpu().numpy()),
         taylor=torch.stack([sum((total[p].double() * p.detach().double()).abs().sum() for p in b.parameters())
                             for b in ctx.blocks]).cpu().numpy(),
