@@ -21,17 +21,27 @@ MODEL_HELP = "hub id, local model dir or .gguf file (default: the embedded defau
 _results = [sys.stdout]  # where results go; everything else printed during a command goes to stderr
 
 
+class _Command(click.Command):
+    """While a command runs, stdout is stderr (TRL's per-step log dicts, library prints); only `_echo` reaches
+    stdout. Its --help, printed while its arguments are parsed, still goes to stdout."""
+
+    def invoke(self, ctx):
+        with contextlib.redirect_stdout(sys.stderr):
+            return super().invoke(ctx)
+
+
 class _Group(click.Group):
-    """Turns LayerscoutError (and a few library errors users cause) into one line on stderr, exit 2. While a
-    command runs, stdout is stderr (TRL's per-step log dicts, library prints); only `_echo` reaches stdout, and
-    only from the main process of a multi-process launch."""
+    """Turns LayerscoutError (and a few library errors users cause) into one line on stderr, exit 2. Results
+    reach stdout only from the main process of a multi-process launch."""
+
+    command_class = _Command
+    group_class = type  # subgroups are _Group too
 
     def invoke(self, ctx):
         main_process = os.environ.get("RANK", "0") == "0"  # under accelerate launch / torchrun, one result
         _results.append(sys.stdout if main_process else open(os.devnull, "w"))
         try:
-            with contextlib.redirect_stdout(sys.stderr):
-                return super().invoke(ctx)
+            return super().invoke(ctx)
         except LayerscoutError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
