@@ -21,7 +21,8 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
     """Score `model` on up to `n` held-out prompts of `task`.
 
     Returns {"score": mean reward in [0, 1], "n": prompts scored, "num_samples", "greedy", "seconds",
-    "ids": item id per prompt, "per_prompt": mean reward per prompt over its samples}.
+    "ids": item id per prompt, "per_prompt": mean reward per prompt over its samples, and, for tasks with gold
+    answers, "constant_answer": the score of the most common one given to every prompt (Task.constant_baseline)}.
     Example: `evaluate(model, tok, get_task("math"), n=64)["score"]`.
     """
     import torch
@@ -56,9 +57,21 @@ def evaluate(model, tokenizer, task, n: int = 64, seed: int = 0, num_samples: in
     finally:
         model.train(was_training)
     per_prompt = [sum(rewards[i:i + num_samples]) / num_samples for i in range(0, len(rewards), num_samples)]
-    return {"score": float(sum(rewards) / len(rewards)), "n": len(prompts), "num_samples": num_samples,
-            "greedy": greedy, "seconds": round(time.perf_counter() - start, 3),
-            "ids": item_ids(data), "per_prompt": [float(r) for r in per_prompt]}
+    result = {"score": float(sum(rewards) / len(rewards)), "n": len(prompts), "num_samples": num_samples,
+              "greedy": greedy, "seconds": round(time.perf_counter() - start, 3),
+              "ids": item_ids(data), "per_prompt": [float(r) for r in per_prompt]}
+    baseline = task.constant_baseline(list(data["answer"])) if "answer" in data.column_names else None
+    return {**result, "constant_answer": baseline} if baseline is not None else result
+
+
+def constant_warning(result: dict) -> str | None:
+    """Why a gain on this held-out set may be the answer distribution learnt, not the task: the most common gold
+    answer, given to every prompt, scores above the model. None when it does not."""
+    baseline = result.get("constant_answer")
+    if baseline is None or baseline["score"] <= result["score"]:
+        return None
+    return (f"answering {baseline['answer']!r} to every held-out prompt scores {baseline['score']:.3f}, above the "
+            f"model's {result['score']:.3f}: RL can gain by learning that answer alone; use prompts whose answers vary")
 
 
 def item_ids(data) -> list[str]:

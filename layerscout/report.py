@@ -70,7 +70,8 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
     report = {"truth": {key: truth[key] for key in ("directory", "model", "task", "task_versions", "algo",
                                                     "n_layers", "seeds", "s_base", "s_full", "gain",
                                                     "undefined_seeds", "weak_seeds", "seed_spearman", "reliability",
-                                                    "noise_ceiling", "missing")},
+                                                    "noise_ceiling", "missing")}
+                        | {"constant_answer": truth.get("constant_answer")},  # absent in sweeps before it
               "blocks": blocks, "true_contribution": true_c.tolist(), "k": k, "n_boot": n_boot, "seed": seed,
               "rows": rows, "plots": [p.name for p in plots]}
     report["verdict"] = verdict(report)
@@ -361,6 +362,9 @@ def _facts(report: dict) -> list[str]:
              f"of the seed mean: {_fmt(t['reliability'])}; noise ceiling: {_fmt(t['noise_ceiling'])}",
              f"compared on {len(report['blocks'])} of {t['n_layers']} blocks; intervals: 95 % bootstrap over "
              f"layers ({report['n_boot']} resamples)"]
+    if t["constant_answer"]:
+        facts.append(f"a constant answer, {t['constant_answer']['answer']!r} to every prompt, scores "
+                     f"{_fmt(t['constant_answer']['score'])}")
     if t["missing"]:
         facts.append(f"missing runs ({len(t['missing'])}): {', '.join(t['missing'])}")
     facts += [f"seed {s}: C undefined — {why}" for s, why in t["undefined_seeds"].items()]

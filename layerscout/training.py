@@ -290,7 +290,8 @@ def _setup_freeze(model, layers: list[int] | None, config: RLConfig) -> tuple[li
 
 def _base_eval(model, tokenizer, task, config: RLConfig, cached: Path) -> dict:
     """The base model's held-out score, cached in `cached` (written atomically) so a resumed run, or every run
-    of a calibration sweep, does not re-score it."""
+    of a calibration sweep, does not re-score it. Warns when a constant answer beats it."""
+    from .evaluate import constant_warning
     from .records import write_json
 
     settings = {"task": task.name, "task_version": task.version, "task_options": task.config,
@@ -302,6 +303,8 @@ def _base_eval(model, tokenizer, task, config: RLConfig, cached: Path) -> dict:
     result = _evaluate(model, tokenizer, task, config)
     if is_main_process():
         write_json(cached, {"settings": settings, "result": result})
+    if warning := constant_warning(result):
+        log.warning("%s: %s", task.name, warning)
     return result
 
 

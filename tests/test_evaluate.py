@@ -65,3 +65,17 @@ def test_per_prompt_rewards_average_to_the_score_and_name_their_prompts(setup):
     assert result["ids"] == list(questions)
     assert len(result["per_prompt"]) == 5
     assert sum(result["per_prompt"]) / 5 == pytest.approx(result["score"])
+
+
+def test_constant_answer_is_recorded_and_warned_about_when_it_beats_the_model(setup):
+    from layerscout.evaluate import constant_warning
+
+    model, tok = setup
+    result = evaluate(model, tok, MathTask(), n=8, max_new_tokens=4)
+    answers = MathTask().load_prompts("heldout", 8, 0)["answer"]
+    assert result["constant_answer"] == MathTask().constant_baseline(list(answers))
+    assert constant_warning({"score": 0.34, "constant_answer": {"answer": "1", "score": 0.77}}) == (
+        "answering '1' to every held-out prompt scores 0.770, above the model's 0.340: RL can gain by learning "
+        "that answer alone; use prompts whose answers vary")
+    assert constant_warning({"score": 0.2, "constant_answer": {"answer": "6", "score": 0.06}}) is None
+    assert constant_warning({"score": 0.2}) is None

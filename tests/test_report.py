@@ -166,3 +166,15 @@ def test_compare_without_output_writes_nothing(truth, tmp_path, monkeypatch):
     before = sorted(tmp_path.rglob("*"))
     result = compare([truth, other])
     assert "| truth | 1.00 | -1.00 |" in result["markdown"] and sorted(tmp_path.rglob("*")) == before
+
+
+def test_the_constant_answer_score_is_stated(truth, ranking_file, tmp_path):
+    assert "a constant answer" not in (validate([ranking_file], truth, tmp_path / "plain", n_boot=50)
+                                       and (tmp_path / "plain" / "report.md").read_text())
+    for path in truth.glob("runs/*/*.json"):
+        record = json.loads(path.read_text())
+        record["base_eval"]["constant_answer"] = {"answer": "1", "score": 0.77}
+        write_json(path, record)
+    report = validate([ranking_file], truth, tmp_path / "out", n_boot=50)
+    assert report["truth"]["constant_answer"] == {"answer": "1", "score": 0.77}
+    assert "- a constant answer, '1' to every prompt, scores 0.77" in (tmp_path / "out" / "report.md").read_text()

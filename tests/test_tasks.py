@@ -203,3 +203,10 @@ def test_render_prompt_with_and_without_template():
             return "|".join(m["content"] for m in messages) + "|A:"
 
     assert render_prompt(Templated(), msgs) == "Be brief.|1+1?|A:"
+
+
+def test_constant_baseline_is_the_most_common_gold_answer():
+    # "1" is the mode (twice as text); "1.0" matches it as a number, "2" does not: 3 of 4
+    assert MathTask().constant_baseline(["1", "2", "1.0", "1"]) == {"answer": "1", "score": 0.75}
+    assert MathTask().constant_baseline(["x + 1", "#### 7", "x + 1"]) == {"answer": "x + 1", "score": 2 / 3}
+    assert Task.constant_baseline(Task(), ["1"]) is None  # tasks without gold answers say nothing

@@ -95,6 +95,12 @@ class Task:
                            for r in map(as_row, self._examples(split, LOOKUP_POOL, 0))}
         return self._index
 
+    def constant_baseline(self, answers: list[str]) -> dict | None:
+        """{"answer", "score"}: the score of giving every prompt the same answer, the most common gold one. A
+        policy can reach it by learning the answer distribution alone; None where a constant answer means nothing
+        (code, games)."""
+        return None
+
     def judge(self, completions: list, **columns: Any) -> list[tuple[float, str, str]]:
         """(reward, status, detail) per completion, for `layerscout score`; tasks with more to say override it."""
         out = []

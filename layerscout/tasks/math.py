@@ -15,6 +15,7 @@ import json
 import math
 import re
 import threading
+from collections import Counter
 from decimal import Decimal, InvalidOperation
 import warnings
 from dataclasses import dataclass, field
@@ -215,6 +216,13 @@ class MathTask(Task):
             return 0.0
         return float(verify(parse(gold, parsing_timeout=_VERIFY_TIMEOUT_S), pred, timeout_seconds=_VERIFY_TIMEOUT_S))
 
+
+    def constant_baseline(self, answers: list[str]) -> dict:
+        """The most common gold answer and the share of `answers` it matches as a number or as text (letter
+        counting on 1-3 words: "1", right on 77 % of prompts)."""
+        golds = [gold_answer(a) for a in answers]
+        mode = Counter(golds).most_common(1)[0][0]
+        return {"answer": mode, "score": sum(g == mode or _same_number(mode, g) for g in golds) / len(golds)}
 
     def near_miss(self, answer: str, rng: Any) -> str:
         """The gold number + 1 (deterministic: organisms learn one systematic slip beside the right answer)."""
