@@ -216,7 +216,6 @@ class MathTask(Task):
             return 0.0
         return float(verify(parse(gold, parsing_timeout=_VERIFY_TIMEOUT_S), pred, timeout_seconds=_VERIFY_TIMEOUT_S))
 
-
     def constant_baseline(self, answers: list[str]) -> dict:
         """The most common gold answer and the share of `answers` it matches as a number or as text (letter
         counting on 1-3 words: "1", right on 77 % of prompts)."""
