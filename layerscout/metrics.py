@@ -65,10 +65,11 @@ def paired_bootstrap_contribution(base, full, layers, n: int = 1000, seed: int =
         s_base, s_full = base[:, idx].mean(axis=1), full[:, idx].mean(axis=1)       # (S,)
         gain = np.where(s_full - s_base > MIN_GAIN, s_full - s_base, np.nan)[:, None]
         c = (layers[:, :, idx].mean(axis=2) - s_base[:, None]) / gain               # (S, L)
-        with np.errstate(all="ignore"):
-            draws[b] = np.nanmean(c, axis=0) if np.isfinite(c).any() else np.nan
+        with np.errstate(all="ignore"), warnings.catch_warnings():  # a block no seed has a run for (yet): nan
+            warnings.simplefilter("ignore", RuntimeWarning)
+            draws[b] = np.nanmean(c, axis=0)
     tail = (1.0 - level) / 2 * 100
-    with warnings.catch_warnings():  # a block no seed has a run for is all-nan: its interval is nan
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
     return low, high

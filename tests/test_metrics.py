@@ -1,6 +1,7 @@
 """C(k) and rank metrics against values worked out by hand. Run: pytest tests/test_metrics.py   (< 2 s)"""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -50,6 +51,19 @@ def test_paired_bootstrap_contribution_brackets_the_estimate_and_shrinks_with_pr
     assert low[1] > high[0]                                           # the two blocks are told apart at n=400
     wide = np.subtract(*paired_bootstrap_contribution(*draw(50), n=300)[::-1])
     assert np.all(wide > high - low)
+
+
+def test_paired_bootstrap_contribution_is_quiet_on_a_sweep_in_progress():
+    """A block no seed has a run for yet (a sweep still running) gets a nan interval, with no warning printed."""
+    rng = np.random.default_rng(0)
+    base = rng.binomial(1, 0.3, (2, 60)).astype(float)
+    full = np.maximum(base, rng.binomial(1, 0.5, (2, 60)))
+    layer = np.full((2, 2, 60), np.nan)
+    layer[0, 0] = np.maximum(base[0], rng.binomial(1, 0.3, 60))      # seed 0 has block 0; nobody has block 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low, high = paired_bootstrap_contribution(base, full, layer, n=50)
+    assert np.isfinite([low[0], high[0]]).all() and np.isnan([low[1], high[1]]).all()
 
 
 def test_layer_contribution_three_entries():
