@@ -61,16 +61,15 @@ def paired_bootstrap_contribution(base, full, layers, n: int = 1000, seed: int =
     base, full, layers = (np.asarray(x, dtype=float) for x in (base, full, layers))
     rng = np.random.default_rng(seed)
     draws = np.empty((n, layers.shape[1]))
-    for b, idx in enumerate(rng.integers(0, base.shape[1], (n, base.shape[1]))):
-        s_base, s_full = base[:, idx].mean(axis=1), full[:, idx].mean(axis=1)       # (S,)
-        gain = np.where(s_full - s_base > MIN_GAIN, s_full - s_base, np.nan)[:, None]
-        c = (layers[:, :, idx].mean(axis=2) - s_base[:, None]) / gain               # (S, L)
-        with np.errstate(all="ignore"), warnings.catch_warnings():  # a block no seed has a run for (yet): nan
-            warnings.simplefilter("ignore", RuntimeWarning)
-            draws[b] = np.nanmean(c, axis=0)
     tail = (1.0 - level) / 2 * 100
-    with warnings.catch_warnings():
+    # a block no seed has a run for (yet) is all-nan: its draws and interval are nan, without numpy's warnings
+    with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        for b, idx in enumerate(rng.integers(0, base.shape[1], (n, base.shape[1]))):
+            s_base, s_full = base[:, idx].mean(axis=1), full[:, idx].mean(axis=1)       # (S,)
+            gain = np.where(s_full - s_base > MIN_GAIN, s_full - s_base, np.nan)[:, None]
+            c = (layers[:, :, idx].mean(axis=2) - s_base[:, None]) / gain               # (S, L)
+            draws[b] = np.nanmean(c, axis=0)
         low, high = np.nanpercentile(draws, [tail, 100 - tail], axis=0)
     return low, high
 
