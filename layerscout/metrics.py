@@ -50,6 +50,26 @@ def paired_gain(base, other) -> tuple[float, float]:
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
+def reward_rise(rewards, share: float = 1 / 3) -> tuple[float, float, float]:
+    """Mean train reward over the first and the last `share` of the steps, and Welch's one-sided p that it rose.
+
+    A full run whose reward rose while its greedy held-out score did not was sharpening its sampled rollouts
+    toward what greedy decoding already answers: sampled evaluation shows that gain, greedy cannot.
+    Example: `reward_rise([0, .1, 0, .1, .3, .4, .3, .4])[:2]` -> (0.05, 0.35).
+    """
+    from scipy.stats import ttest_ind
+
+    r = np.asarray(rewards, dtype=float)
+    k = int(len(r) * share)
+    if k < 2:
+        raise LayerscoutError(f"a reward rise needs >= {int(np.ceil(2 / share))} steps; got {len(r)}")
+    first, last = r[:k], r[-k:]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant halves: scipy warns and returns nan
+        p = ttest_ind(last, first, equal_var=False, alternative="greater").pvalue
+    return float(first.mean()), float(last.mean()), float(p) if np.isfinite(p) else float(last.mean() <= first.mean())
+
+
 def paired_bootstrap_contribution(base, full, layers, n: int = 1000, seed: int = 0, level: float = 0.95):
     """Percentile intervals of C(k) over resamples of the prompts, every run resampled at the same prompts.
 

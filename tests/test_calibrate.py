@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from layerscout.calibrate import (CalibrationConfig, contributions, jobs, load_config, parse_shard, run_calibration,
-                                  select_shard, summarize)
+                                  select_shard, summarize, weak_gain_reason)
 from layerscout.errors import LayerscoutError
 from layerscout.tasks.math import MathTask
 
@@ -263,6 +263,19 @@ def test_a_gated_seed_without_block_runs_leaves_the_seed_agreement_to_the_others
     assert out["seed_spearman"] == pytest.approx(0.5) and out["reliability"] == pytest.approx(2 / 3)
     assert "2" in out["weak_seeds"] and out["undefined_seeds"]["2"] == "no single-block run recorded"
     assert [x["contribution"] for x in out["layers"]] == pytest.approx([2 / 3, 0.75, -1 / 6])
+
+
+def test_a_weak_seed_says_when_greedy_scoring_hid_a_rise_in_train_reward():
+    """smollm2 on chain_sum: train reward 0.05 -> 0.13 in 30 steps, greedy held-out score flat (README)."""
+    full = _rec(0, "full", [1, 0, 0, 1])  # gain 0.25 = 1 SE
+    full["reward_curve"] = [{"step": i + 1, "reward": r} for i, r in enumerate([0, .1, 0, .2, .1, .2, .3, .4, .3])]
+    out = contributions([full, _rec(0, "layer-0", [1, 0, 0, 1])], [], min_gain_se=3.0, n_boot=20)
+    why = out["weak_seeds"]["0"]
+    assert "train reward rose from 0.033 to 0.333" in why and "rl.eval_samples 4" in why
+    flat = {**full, "reward_curve": [{"step": i + 1, "reward": 0.1} for i in range(9)]}
+    sampled = {**full, "final_eval": {**full["final_eval"], "greedy": False, "num_samples": 4}}
+    for rec in (flat, sampled):
+        assert "train reward" not in weak_gain_reason(0.25, 0.25, 3.0, rec)
 
 
 def test_runs_scored_on_other_prompts_make_a_seed_undefined():

@@ -8,8 +8,20 @@ import pytest
 
 from layerscout.errors import LayerscoutError
 from layerscout.metrics import (bootstrap_ci, kendall, layer_contribution, ndcg, noise_ceiling, paired_bootstrap_contribution,
-                                paired_gain, random_expectation, seed_spearman, spearman, spearman_brown, top1_recovered,
-                                top1_regret, topk_overlap)
+                                paired_gain, random_expectation, reward_rise, seed_spearman, spearman, spearman_brown,
+                                top1_recovered, top1_regret, topk_overlap)
+
+
+def test_reward_rise_by_hand():
+    # thirds of 9 steps: first [0, .1, 0] mean 1/30, last [.3, .4, .3] mean 1/3; each var (ddof 1) 1/300,
+    # Welch t = (1/3 - 1/30) / sqrt(2 * (1/300) / 3) = 0.3 / (sqrt(2) / 30) = 9 / sqrt(2), on 4 dof
+    first, last, p = reward_rise([0, .1, 0, .2, .1, .2, .3, .4, .3])
+    assert (first, last) == pytest.approx((1 / 30, 1 / 3))
+    from scipy.stats import t
+    assert p == pytest.approx(t.sf(9 / math.sqrt(2), 4))
+    assert reward_rise([.3, .4, .3, .2, .1, .2, 0, .1, 0])[2] > 0.99   # a fall is no rise
+    with pytest.raises(LayerscoutError, match=">= 6 steps"):
+        reward_rise([0.1] * 5)
 
 
 def test_paired_gain_by_hand():
