@@ -30,6 +30,9 @@ BASE_EVAL = "base_eval.json"
 IDENTITY = ("model", "dtype", "task", "task_options", "algo", "steps", "rl")
 # The command that runs exactly job j of n (the manifest carries the config).
 JOB_COMMAND = "layerscout calibrate --config {manifest} --shard {j}/{n}"
+# Seeds must share this many blocks before their agreement means anything (two blocks give only +-1): a sweep in
+# progress reports none until then.
+MIN_AGREEMENT_BLOCKS = 3
 RECORD_KEYS = ("job", "seed", "layers", "base_score", "final_score", "base_eval", "final_eval")
 # Held-out scoring of every calibration run unless `rl` says otherwise: the same 512 prompts for every run and
 # seed (eval_seed), 4 sampled completions each, so sharpening shows even where greedy decoding hides it.
@@ -449,7 +452,8 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
         })
     first = records[0] if records else {}
     common = [k for k in blocks if all(k in c[s] for s in c)]  # blocks every defined seed has a C for
-    agreement = _finite(seed_spearman([[c[s][k] for k in common] for s in c]))
+    agreement = (_finite(seed_spearman([[c[s][k] for k in common] for s in c]))
+                 if len(common) >= MIN_AGREEMENT_BLOCKS else None)
     return {
         "model": first.get("model"), "task": first.get("task"),
         "task_versions": sorted({r["task_version"] for r in records if "task_version" in r}),
@@ -457,7 +461,7 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
         "eval": _eval_settings(first), "constant_answer": first.get("base_eval", {}).get("constant_answer"),
         "seeds": seeds, "s_base": s_base, "s_full": s_full, "gain": gains,
         "undefined_seeds": undefined, "weak_seeds": weak, "min_gain_se": min_gain_se, "layers": layers,
-        "seed_spearman": agreement,
+        "seed_spearman": agreement, "agreement_blocks": len(common),
         "reliability": _finite(spearman_brown(agreement, len(c))) if agreement is not None else None,
         "noise_ceiling": _finite(noise_ceiling(agreement, len(c))) if agreement is not None else None,
         "priors": _prior_agreement(layers, first.get("num_layers")),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibrate import MIN_AGREEMENT_BLOCKS
 from .errors import LayerscoutError
 from .ranking import LayerRanking
 from .records import write_json
@@ -70,7 +71,7 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
     report = {"truth": {key: truth[key] for key in ("directory", "model", "task", "task_versions", "algo",
                                                     "n_layers", "seeds", "s_base", "s_full", "gain",
                                                     "undefined_seeds", "weak_seeds", "seed_spearman", "reliability",
-                                                    "noise_ceiling", "missing")}
+                                                    "noise_ceiling", "agreement_blocks", "missing")}
                         | {"constant_answer": truth.get("constant_answer")},  # absent in sweeps before it
               "blocks": blocks, "true_contribution": true_c.tolist(), "k": k, "n_boot": n_boot, "seed": seed,
               "rows": rows, "plots": [p.name for p in plots]}
@@ -353,12 +354,14 @@ def _facts(report: dict) -> list[str]:
     t = report["truth"]
     c = ", ".join(f"{k}: {_fmt(v)}" for k, v in zip(report["blocks"], report["true_contribution"]))
     gains = ", ".join(f"seed {s}: {g['gain']:+.3f} ({_fmt(g['z'])} SE)" for s, g in t["gain"].items()) or "–"
+    few = "" if t["agreement_blocks"] >= MIN_AGREEMENT_BLOCKS else f"; it needs {MIN_AGREEMENT_BLOCKS}"
     facts = [f"truth: {t['directory']} — {t['model']}, task {t['task']} (versions {t['task_versions']}), "
              f"{t['algo']}, {t['n_layers']} layers, seeds {t['seeds']}",
              f"S_base per seed: {_per_seed(t['s_base'])}; S_full per seed: {_per_seed(t['s_full'])}",
              f"full-run gain per seed (paired SE): {gains}",
              f"true C(k) (mean over seeds): {c}",
-             f"seed agreement (mean pairwise Spearman of C): {_fmt(t['seed_spearman'])}; Spearman-Brown reliability "
+             f"seed agreement (mean pairwise Spearman of C, on the {t['agreement_blocks']} blocks every seed has "
+             f"run{few}): {_fmt(t['seed_spearman'])}; Spearman-Brown reliability "
              f"of the seed mean: {_fmt(t['reliability'])}; noise ceiling: {_fmt(t['noise_ceiling'])}",
              f"compared on {len(report['blocks'])} of {t['n_layers']} blocks; intervals: 95 % bootstrap over "
              f"layers ({report['n_boot']} resamples)"]

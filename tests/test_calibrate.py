@@ -265,6 +265,18 @@ def test_a_gated_seed_without_block_runs_leaves_the_seed_agreement_to_the_others
     assert [x["contribution"] for x in out["layers"]] == pytest.approx([2 / 3, 0.75, -1 / 6])
 
 
+def test_seeds_that_share_two_blocks_report_no_agreement_yet():
+    """A sweep in progress (SmolLM2: seed 1 had blocks 0 and 1) gave a seed agreement of -1 on two blocks."""
+    recs = [_rec(0, "full", [1, 1, 0, 1]), _rec(0, "layer-0", [1, 1, 0, 1]), _rec(0, "layer-1", [1, 0, 0, 1]),
+            _rec(0, "layer-2", [0, 0, 0, 1]),
+            _rec(1, "full", [1, 1, 1, 1]), _rec(1, "layer-0", [1, 0, 0, 1]), _rec(1, "layer-1", [1, 1, 1, 1])]
+    out = contributions(recs, [], n_boot=20)
+    assert out["agreement_blocks"] == 2
+    assert out["seed_spearman"] is None and out["reliability"] is None and out["noise_ceiling"] is None
+    out = contributions(recs + [_rec(1, "layer-2", [0, 0, 0, 0])], [], n_boot=20)
+    assert out["agreement_blocks"] == 3 and out["seed_spearman"] == pytest.approx(0.5)
+
+
 def test_a_weak_seed_says_when_greedy_scoring_hid_a_rise_in_train_reward():
     """smollm2 on chain_sum: train reward 0.05 -> 0.13 in 30 steps, greedy held-out score flat (README)."""
     full = _rec(0, "full", [1, 0, 0, 1])  # gain 0.25 = 1 SE
