@@ -96,9 +96,9 @@ def paired_bootstrap_contribution(base, full, layers, n: int = 1000, seed: int =
 
 def spearman_brown(r: float, factor: float) -> float:
     """Reliability of the mean of `factor` parallel measurements, each of reliability r: f·r / (1 + (f-1)·r);
-    nan where the formula breaks down (1 + (f-1)·r <= 0: seeds that disagree that much). Example:
+    nan for r < 0, seeds that disagree (where the formula gives values below -1, or divides by zero). Example:
     `spearman_brown(0.5, 3)` -> 0.75."""
-    if not np.isfinite(r) or 1.0 + (factor - 1.0) * r <= 0:
+    if not np.isfinite(r) or r < 0:
         return float("nan")
     return float(factor * r / (1.0 + (factor - 1.0) * r))
 

@@ -39,9 +39,9 @@ def test_spearman_brown_and_noise_ceiling_by_hand():
     assert noise_ceiling(0.5, 3) == pytest.approx(0.75 ** 0.5)
     assert noise_ceiling(1.0, 2) == pytest.approx(1.0)
     assert math.isnan(noise_ceiling(-0.2, 3)) and math.isnan(noise_ceiling(float("nan"), 3))
-    assert spearman_brown(-0.2, 3) == pytest.approx(-1.0)        # -0.6 / 0.6: negative, but defined
-    # seeds in full disagreement: 1 + (f-1) r = 0, where the formula divides by zero (it printed -1.8e16)
-    assert math.isnan(spearman_brown(-1.0, 2)) and math.isnan(spearman_brown(-0.5, 3))
+    # seeds that disagree: the formula gives -5.55 at r = -0.74 and divides by zero at -1 (it printed -1.8e16)
+    assert math.isnan(spearman_brown(-0.74, 2)) and math.isnan(spearman_brown(-1.0, 2))
+    assert spearman_brown(0.0, 3) == 0.0
 
 
 def test_top1_regret_by_hand():
