@@ -281,8 +281,8 @@ def _greedy_hid_rise(full: dict) -> str | None:
     if p >= 0.01:
         return None
     return (f"; its train reward rose from {first:.3f} to {last:.3f} (first and last third of the steps) while "
-            f"greedy decoding gained little: sharper sampling that greedy already had shows only in sampled scoring "
-            f"(rl.eval_samples 4)")
+            f"greedy decoding gained little: a policy that samples closer to its greedy answers gains only in sampled "
+            f"scoring (rl.eval_samples 4)")
 
 
 def _import_ray():
