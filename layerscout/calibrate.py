@@ -274,10 +274,12 @@ def _greedy_hid_rise(full: dict) -> str | None:
     """'; its train reward rose ...' when a greedily scored full run's train reward rose (Welch p < 0.01)."""
     from .metrics import reward_rise
 
-    rewards = [e["reward"] for e in full.get("reward_curve", [])]
-    if not full["final_eval"].get("greedy") or len(rewards) < 6:
+    if not full["final_eval"].get("greedy"):
         return None
-    first, last, p = reward_rise(rewards)
+    try:
+        first, last, p = reward_rise([e["reward"] for e in full.get("reward_curve", [])])
+    except LayerscoutError:  # too few steps to tell
+        return None
     if p >= 0.01:
         return None
     return (f"; its train reward rose from {first:.3f} to {last:.3f} (first and last third of the steps) while "
