@@ -81,6 +81,19 @@ def test_generator_errors():
         get_task("math", generator_config={"min_terms": 3, "max_terms": 2}).load_prompts("train", 1, 0)
 
 
+def test_generated_prompts_reach_n_when_questions_repeat():
+    """a +- b on 1-2 digits repeats its 1-digit questions: the first draw (2n/share + 100 items) held 1389 unique
+    held-out questions of 1600 asked. Longer draws extend shorter ones, so smaller n keep their prompts."""
+    cfg = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": ["+", "-"],
+           "allow_parentheses": False, "allow_negation": False}
+    task = get_task("math", generator_config=cfg)
+    held = task.load_prompts("heldout", 1600, 0)["question"]
+    assert len(held) == len(set(held)) == 1600
+    assert task.load_prompts("heldout", 512, 0)["question"] == held[:512]
+    tiny = get_task("math", generator_config={**cfg, "max_digits": 1, "operators": ["+"]})
+    assert 0 < len(tiny.load_prompts("heldout", 1000, 0)) < 100  # the space runs out: what there is
+
+
 @pytest.mark.parametrize("completion, answer, expected", [
     ("-11", "-11", 1.0),
     ("The answer is 42.", "42", 1.0),

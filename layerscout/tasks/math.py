@@ -160,8 +160,10 @@ class MathTask(Task):
         return [(str(row[r.question_column]).strip(), gold_answer(row[r.answer_column])) for row in rows]
 
     def _generate(self, split: str, n: int, seed: int) -> list[tuple[str, str]]:
-        """The first n unique questions of `split` among 2n/share + 100 generated items (fewer when the generator's
-        space is small). reasoning-gym seeds item i with seed + i, so seeds are spaced 2**32 apart."""
+        """The first n unique questions of `split` among the generated items: 2n/share + 100 at first, doubled while
+        that finds fewer than n and doubling still finds new ones (fewer than n only when the generator's space is
+        exhausted). reasoning-gym seeds item i with seed + i, so a longer draw extends a shorter one, and seeds are
+        spaced 2**32 apart."""
         import reasoning_gym
         from reasoning_gym.factory import DATASETS
 
@@ -173,12 +175,16 @@ class MathTask(Task):
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise LayerscoutError(f"Unknown reasoning_gym generator {gen!r}.{hint}")
         share = HELDOUT_FRACTION if split == "heldout" else 1 - HELDOUT_FRACTION
-        tries = math.ceil(2 * n / share) + 100
-        try:
-            data = reasoning_gym.create_dataset(gen, size=tries, seed=seed * 2**32, **cfg)
-        except (TypeError, ValueError, AssertionError) as e:
-            raise LayerscoutError(f"reasoning_gym generator {gen!r} rejected generator_config {cfg}: {e}") from None
-        return unique_of_split([(x["question"], gold_answer(x["answer"])) for x in data], split)[:n]
+        tries, found = math.ceil(2 * n / share) + 100, []
+        while True:
+            try:
+                data = reasoning_gym.create_dataset(gen, size=tries, seed=seed * 2**32, **cfg)
+            except (TypeError, ValueError, AssertionError) as e:
+                raise LayerscoutError(f"reasoning_gym generator {gen!r} rejected generator_config {cfg}: {e}") from None
+            more = unique_of_split([(x["question"], gold_answer(x["answer"])) for x in data], split)
+            if len(more) >= n or len(more) == len(found):
+                return more[:n]
+            tries, found = 2 * tries, more
 
     def _read_dataset(self) -> list[tuple[str, str]]:
         src = str(self.config["dataset"])
