@@ -90,8 +90,32 @@ def test_generated_prompts_reach_n_when_questions_repeat():
     held = task.load_prompts("heldout", 1600, 0)["question"]
     assert len(held) == len(set(held)) == 1600
     assert task.load_prompts("heldout", 512, 0)["question"] == held[:512]
-    tiny = get_task("math", generator_config={**cfg, "max_digits": 1, "operators": ["+"]})
-    assert 0 < len(tiny.load_prompts("heldout", 1000, 0)) < 100  # the space runs out: what there is
+
+
+def test_generated_prompts_draw_at_most_max_draw_times_the_first(monkeypatch):
+    """Question texts have long tails (1-digit a +- b has thousands of phrasings): asking for more held-out questions
+    than there are in reach (Task.lookup asks 10000) returns what MAX_DRAW times the first draw holds, instead of
+    drawing on and on."""
+    import reasoning_gym
+
+    from layerscout.tasks import math as math_task
+
+    real, drawn = reasoning_gym.create_dataset, []
+
+    def counted(name, size, seed, **cfg):
+        drawn.append(size)
+        if sum(drawn) > math_task.MAX_DRAW * drawn[0]:
+            raise RuntimeError(f"drew {sum(drawn)} items, more than {math_task.MAX_DRAW} x {drawn[0]}")
+        return real(name, size=size, seed=seed, **cfg)
+
+    monkeypatch.setattr(reasoning_gym, "create_dataset", counted)
+    task = get_task("math", generator_config={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1,
+                                              "operators": ["+"]})
+    held = task.load_prompts("heldout", 1000, 0)["question"]
+    assert 0 < len(held) < 1000 and sum(drawn) == math_task.MAX_DRAW * drawn[0]
+    drawn.clear()
+    assert held[:100] == get_task("math", generator_config=task.config["generator_config"]).load_prompts(
+        "heldout", 100, 0)["question"]
 
 
 @pytest.mark.parametrize("completion, answer, expected", [

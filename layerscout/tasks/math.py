@@ -61,6 +61,7 @@ LADDER = (
 # A number, with a leading minus only where it cannot be a binary operator ("12-5" ends in 5, "= -5" in -5).
 _NUMBER = re.compile(r"(?:(?<![\w.)])-)?\d[\d,]*(?:\.\d+)?")
 _VERIFY_TIMEOUT_S = 1
+MAX_DRAW = 4  # a generated split draws at most this many times its first draw to find n unique questions
 
 
 @register_task("math")
@@ -160,10 +161,10 @@ class MathTask(Task):
         return [(str(row[r.question_column]).strip(), gold_answer(row[r.answer_column])) for row in rows]
 
     def _generate(self, split: str, n: int, seed: int) -> list[tuple[str, str]]:
-        """The first n unique questions of `split` among the generated items: 2n/share + 100 at first, doubled while
-        that finds fewer than n and doubling still finds new ones (fewer than n only when the generator's space is
-        exhausted). reasoning-gym seeds item i with seed + i, so a longer draw extends a shorter one, and seeds are
-        spaced 2**32 apart."""
+        """The first n unique questions of `split` among the generated items: 2n/share + 100 at first, then as many
+        again while fewer than n were found, up to MAX_DRAW times the first draw (the generators' question texts have
+        long tails, so "until none are new" never ends). reasoning-gym seeds item i with seed + i, so a longer draw
+        extends a shorter one, and seeds are spaced 2**32 apart."""
         import reasoning_gym
         from reasoning_gym.factory import DATASETS
 
@@ -175,16 +176,19 @@ class MathTask(Task):
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise LayerscoutError(f"Unknown reasoning_gym generator {gen!r}.{hint}")
         share = HELDOUT_FRACTION if split == "heldout" else 1 - HELDOUT_FRACTION
-        tries, found = math.ceil(2 * n / share) + 100, []
+        first = math.ceil(2 * n / share) + 100
+        pairs: list[tuple[str, str]] = []
         while True:
-            try:
-                data = reasoning_gym.create_dataset(gen, size=tries, seed=seed * 2**32, **cfg)
+            try:  # items len(pairs) .. 2 len(pairs) - 1 of one long draw
+                data = reasoning_gym.create_dataset(gen, size=max(first, len(pairs)), seed=seed * 2**32 + len(pairs),
+                                                    **cfg)
             except (TypeError, ValueError, AssertionError) as e:
-                raise LayerscoutError(f"reasoning_gym generator {gen!r} rejected generator_config {cfg}: {e}") from None
-            more = unique_of_split([(x["question"], gold_answer(x["answer"])) for x in data], split)
-            if len(more) >= n or len(more) == len(found):
-                return more[:n]
-            tries, found = 2 * tries, more
+                raise LayerscoutError(f"reasoning_gym generator {gen!r} rejected generator_config {cfg}: {e}") \
+                    from None
+            pairs += [(x["question"], gold_answer(x["answer"])) for x in data]
+            found = unique_of_split(pairs, split)
+            if len(found) >= n or len(pairs) >= MAX_DRAW * first:
+                return found[:n]
 
     def _read_dataset(self) -> list[tuple[str, str]]:
         src = str(self.config["dataset"])
