@@ -179,7 +179,7 @@ class MathTask(Task):
         first = math.ceil(2 * n / share) + 100
         pairs: list[tuple[str, str]] = []
         while True:
-            try:  # items len(pairs) .. 2 len(pairs) - 1 of one long draw
+            try:  # the next items of one long draw, from item len(pairs) on
                 data = reasoning_gym.create_dataset(gen, size=max(first, len(pairs)), seed=seed * 2**32 + len(pairs),
                                                     **cfg)
             except (TypeError, ValueError, AssertionError) as e:
