@@ -264,10 +264,10 @@ def weak_gain_reason(gain: float, se: float, min_gain_se: float, full: dict | No
     also says when greedy scoring may hide a rise in train reward (SmolLM2 on chain_sum: greedy -0.8 paired SE,
     the same run scored on 4 samples per prompt +2.9; calibration/README.md)."""
     z = gain / se if se > 0 else float("inf") if gain > 0 else 0.0
-    why = (f"the full run gained {gain:+.3f} = {z:.1f} paired standard errors (< min_gain_se {min_gain_se:g}), so "
-           f"C would be mostly noise: raise steps or rl.learning_rate (tune it on the full run), or "
-           f"rl.eval_prompts / rl.eval_samples for a smaller standard error")
-    return why + (_greedy_hid_rise(full) or "") if full else why
+    hint = (_greedy_hid_rise(full) if full else None) or ""
+    return (f"the full run gained {gain:+.3f} = {z:.1f} paired standard errors (< min_gain_se {min_gain_se:g}), so "
+            f"C would be mostly noise: raise steps or rl.learning_rate (tune it on the full run), or "
+            f"rl.eval_prompts / rl.eval_samples for a smaller standard error{hint}")
 
 
 def _greedy_hid_rise(full: dict) -> str | None:

@@ -39,7 +39,6 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
     Writes report.md, report.html, report.json and PNGs to `output_dir`; returns report.json's content.
     Example: `validate(["ranking.json"], "calibration/runs/qwen3-L8", "reports/qwen3-L8")["rows"][0]`.
     """
-
     truth = summarize(truth_dir, write=False)
     blocks = [x["index"] for x in truth["layers"] if x["contribution"] is not None]
     if len(blocks) < 2:
@@ -109,7 +108,6 @@ def compare(truth_dirs: list[str | Path], output_dir: str | Path | None = None) 
     GRPO vs Dr. GRPO), over the blocks where both define C: how far the ground truth agrees with itself.
     The result carries the tables as `markdown`; with `output_dir` it is also written there as compare.md and
     compare.json. Example: `compare(["cal/math", "cal/code"])["matrix"]`."""
-
     if not truth_dirs:
         raise LayerscoutError("compare needs at least 1 calibration dir")
     summaries = [summarize(d, write=False) for d in truth_dirs]
