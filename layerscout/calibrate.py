@@ -180,9 +180,9 @@ def run_calibration(config: CalibrationConfig, launcher: str = "local", shard: t
 
     Full-parameter runs go first: they are each seed's gate. A seed whose full run gains under
     `min_gain_se` paired standard errors gets no single-block runs (its C would be noise over a small number)
-    and the result says what to raise. A shard whose block jobs need another shard's full run waits for its
-    record. `launcher="local"` runs jobs one after another in this process; `"ray"` submits each phase's jobs
-    as Ray tasks with `job_cpus` / `job_gpus` (needs `pip install ray` and an output dir all workers share).
+    and the result says what to raise. A shard whose block jobs need another shard's full run waits for that
+    record when it reaches that seed's blocks. `launcher="local"` runs jobs one after another in this process;
+    `"ray"` submits them as Ray tasks with `job_cpus` / `job_gpus` (needs `pip install ray` and an output dir all workers share).
     Returns {"ran", "done_before", "skipped" (seed -> why), "summary"}. Example:
     `run_calibration(CalibrationConfig(seeds=[0], layers="::2", output="cal/tiny"), shard=(0, 4))`.
     """
@@ -195,12 +195,21 @@ def run_calibration(config: CalibrationConfig, launcher: str = "local", shard: t
 
     # phase 1: the full-parameter runs, each seed's gate
     full = [job for job in todo if job["layers"] is None]
-    launch(full)
-    # phase 2: the single-block runs of every seed whose full run gained enough
-    blocks = [job for job in todo if job["layers"] is not None]
-    skipped = _gates(config, planned, sorted({job["seed"] for job in blocks}), progress)
-    blocks = [job for job in blocks if job["seed"] not in skipped]
-    launch(blocks)
+    launch(full)()
+    # phase 2: seed by seed, the single-block runs of every seed whose full run gained enough. A full run that
+    # another shard still runs is waited for when its seed's turn comes, not before the other seeds' blocks.
+    gates = {job["seed"]: job["record"] for job in planned if job["layers"] is None}
+    blocks, skipped, waits = [], {}, []
+    for seed in dict.fromkeys(job["seed"] for job in todo if job["layers"] is not None):
+        why = _gate(config, seed, gates[seed], progress)
+        if why:
+            skipped[seed] = why
+            continue
+        seed_blocks = [job for job in todo if job["seed"] == seed and job["layers"] is not None]
+        waits.append(launch(seed_blocks))
+        blocks += seed_blocks
+    for wait in waits:
+        wait()
 
     ran = {job["id"] for job in full + blocks}
     return {"ran": [j["id"] for j in mine if j["id"] in ran],
@@ -209,18 +218,24 @@ def run_calibration(config: CalibrationConfig, launcher: str = "local", shard: t
 
 
 def _setup_launcher(config: CalibrationConfig, launcher: str, ray_address: str | None, progress: bool):
-    """A function that runs a list of jobs to completion: in this process, or as Ray tasks."""
+    """A function that starts a list of jobs and returns one that waits for them: in this process the jobs
+    run before it returns; as Ray tasks they run while the next seed's gate is read."""
     if launcher == "ray":
         ray = _import_ray()
         ray.init(address=ray_address, ignore_reinit_error=True)
         remote = ray.remote(num_cpus=config.job_cpus, num_gpus=config.job_gpus)(run_job)
-        return lambda todo: ray.get([remote.remote(config, job, False) for job in todo])
 
-    def local(todo: list[dict]) -> None:
+        def submit(todo: list[dict]):
+            refs = [remote.remote(config, job, False) for job in todo]
+            return lambda: ray.get(refs)
+        return submit
+
+    def local(todo: list[dict]):
         for job in todo:
             if progress:
                 print(f"calibrate: {job['id']} (job {job['index']})", file=sys.stderr)
             run_job(config, job, progress)
+        return lambda: None
     return local
 
 
@@ -235,28 +250,24 @@ def _unfinished(config: CalibrationConfig, mine: list[dict]) -> list[dict]:
     return todo
 
 
-def _gates(config: CalibrationConfig, planned: list[dict], seeds: list[int], progress: bool,
-           poll_seconds: float = 10.0) -> dict[int, str]:
-    """{seed: why} for the seeds whose full run gained under `min_gain_se` paired standard errors. Waits for
-    full-run records another shard is still producing."""
+def _gate(config: CalibrationConfig, seed: int, record: str, progress: bool, poll_seconds: float = 10.0) -> str | None:
+    """Why the seed gets no block runs (its full run gained under `min_gain_se` paired standard errors), else
+    None. Waits for a full-run record another shard is still producing."""
     from .metrics import paired_gain
 
-    records = {job["seed"]: job["record"] for job in planned if job["layers"] is None}
-    skipped = {}
-    for seed in seeds:
-        full = read_record(records[seed])
-        if full is None and progress:
-            print(f"calibrate: waiting for seed {seed}'s full run ({records[seed]}), run by another shard",
-                  file=sys.stderr)
-        while full is None:
-            time.sleep(poll_seconds)
-            full = read_record(records[seed])
-        gain, se = paired_gain(full["base_eval"]["per_prompt"], full["final_eval"]["per_prompt"])
-        if config.min_gain_se > 0 and not gain > config.min_gain_se * se:
-            skipped[seed] = weak_gain_reason(gain, se, config.min_gain_se, full)
-            if progress:
-                print(f"calibrate: seed {seed}: {skipped[seed]}", file=sys.stderr)
-    return skipped
+    full = read_record(record)
+    if full is None and progress:
+        print(f"calibrate: waiting for seed {seed}'s full run ({record}), run by another shard", file=sys.stderr)
+    while full is None:
+        time.sleep(poll_seconds)
+        full = read_record(record)
+    gain, se = paired_gain(full["base_eval"]["per_prompt"], full["final_eval"]["per_prompt"])
+    if config.min_gain_se > 0 and not gain > config.min_gain_se * se:
+        why = weak_gain_reason(gain, se, config.min_gain_se, full)
+        if progress:
+            print(f"calibrate: seed {seed}: {why}", file=sys.stderr)
+        return why
+    return None
 
 
 def weak_gain_reason(gain: float, se: float, min_gain_se: float, full: dict | None = None) -> str:

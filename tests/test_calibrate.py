@@ -1,8 +1,9 @@
 """Calibration sweeps. Mechanics on a tiny random 2-layer Qwen3 (1 GRPO step per run, 3 runs per seed, the
 gain gate off): a sweep killed after its first record resumes without rerunning or losing a job, same seed
-gives the same records, shards partition the jobs, corrupted records are skipped and rerun. On the test
-organism: a real sweep trains to a defined C with paired intervals, and a weak full run gates its seed's block
-runs. C, paired SEs, reliability and the noise ceiling are merged as computed by hand.
+gives the same records, shards partition the jobs and wait for another shard's full run only when they reach
+its seed, corrupted records are skipped and rerun. On the test organism: a real sweep trains to a defined C
+with paired intervals, and a weak full run gates its seed's block runs. C, paired SEs, reliability and the
+noise ceiling are merged as computed by hand.
 Run: pytest tests/test_calibrate.py   (about 2 min on 2 CPU cores)"""
 
 import json
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from layerscout.calibrate import (CalibrationConfig, contributions, jobs, load_config, parse_shard, run_calibration,
-                                  select_shard, summarize, weak_gain_reason)
+                                  run_job, select_shard, summarize, weak_gain_reason)
 from layerscout.errors import LayerscoutError
 from layerscout.tasks.math import MathTask
 
@@ -140,6 +141,24 @@ def test_shards_partition_the_jobs_full_runs_first(tiny_model, tmp_path):
             parse_shard(bad)
     with pytest.raises(LayerscoutError, match="holds a sweep with a different steps"):
         jobs(config(tiny_model, tmp_path, steps=2))
+
+
+def test_a_shard_runs_the_blocks_it_can_before_waiting_for_another_shards_full_run(tiny_model, tmp_path):
+    """Shard 1/2 of seeds 0-2 owns 1/full and a block of every seed. Seed 0's full run is done (as shard 0
+    would have), seed 2's is not: the shard runs seed 0's and 1's blocks before it waits for seed 2's."""
+    cfg = config(tiny_model, tmp_path, seeds=[0, 1, 2])
+    planned = jobs(cfg)
+    run_job(cfg, planned[0], progress=False)
+    proc = subprocess.Popen([sys.executable, "-m", "layerscout.cli", "calibrate", "--config",
+                             str(tmp_path / "sweep.json"), "--shard", "1/2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        waiting = next((line for line in proc.stderr if "waiting for seed" in line), "")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "waiting for seed 2's full run" in waiting
+    assert sorted(records(tmp_path)) == ["0/full", "0/layer-0", "1/full", "1/layer-0"]
 
 
 def test_ray_launcher_runs_jobs_as_tasks_on_a_local_ray(tiny_model, tmp_path):
