@@ -94,9 +94,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> CalibrationConfi
 
 def jobs(config: CalibrationConfig) -> list[dict]:
     """Every run of the sweep: every seed's full run first (the gates), then each seed's blocks, each with its
-    record path and the shell command that runs exactly it (for Slurm, Ray or any scheduler). Writes DIR/sweep.json, which those
-    commands read; a dir holding a sweep whose runs would differ (any IDENTITY field) is refused. The task
-    and its options are checked here, so a bad one fails before any job starts.
+    record path and the shell command that runs exactly it (for Slurm, Ray or any scheduler). Writes
+    DIR/sweep.json, which those commands read; a dir holding a sweep whose runs would differ (any IDENTITY
+    field) is refused. The task and its options are checked here, so a bad one fails before any job starts.
     Example: `[j["command"] for j in jobs(CalibrationConfig(layers="0,4"))]`."""
     from .models import parse_layers
     from .recipes import build_task
@@ -182,7 +182,8 @@ def run_calibration(config: CalibrationConfig, launcher: str = "local", shard: t
     `min_gain_se` paired standard errors gets no single-block runs (its C would be noise over a small number)
     and the result says what to raise. A shard whose block jobs need another shard's full run waits for that
     record when it reaches that seed's blocks. `launcher="local"` runs jobs one after another in this process;
-    `"ray"` submits them as Ray tasks with `job_cpus` / `job_gpus` (needs `pip install ray` and an output dir all workers share).
+    `"ray"` submits them as Ray tasks with `job_cpus` / `job_gpus` (needs `pip install ray` and an output dir
+    all workers share).
     Returns {"ran", "done_before", "skipped" (seed -> why), "summary"}. Example:
     `run_calibration(CalibrationConfig(seeds=[0], layers="::2", output="cal/tiny"), shard=(0, 4))`.
     """
