@@ -65,7 +65,10 @@ def _echo(message="", **kw) -> None:
 @click.pass_context
 def cli(ctx, debug):
     """Predict which decoder layers of an LLM are worth RL-training alone, then train only those."""
+    from .records import git_commit
+
     ctx.obj = {"debug": debug}
+    git_commit()  # the code this process runs, before any commit made while it works
     # TRL asks every step through transformers' deprecated name; nothing the user could change
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 

@@ -5,6 +5,7 @@ the work, and a result that cannot be written where asked is saved to a rescue f
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,8 +33,10 @@ def versions() -> dict[str, str | None]:
     return out
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """Commit of the layerscout checkout, if it is one (a pip install from a wheel has none)."""
+    """Commit of the layerscout checkout when this process first asked, if it is one (a pip install from a wheel
+    has none): a sweep runs for hours while commits land, and its records must name the code it runs."""
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                               text=True, timeout=5).stdout.strip() or None

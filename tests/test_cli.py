@@ -79,6 +79,29 @@ def test_a_result_that_cannot_be_written_is_rescued(tmp_path):
     assert json.loads(open(rescued).read()) == {"top_layer": 3}
 
 
+def test_records_name_the_commit_their_process_started_on(tmp_path):
+    """A sweep shard runs for hours while commits land: its records must name the code it runs, the commit
+    of its first ask. A copy of the package in its own git repo, committed to between two asks."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    import layerscout
+
+    shutil.copytree(Path(layerscout.__file__).parent, tmp_path / "layerscout",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "first"]):
+        subprocess.run(git + args, cwd=tmp_path, check=True)
+    script = ("import subprocess, sys, layerscout.records as r; first = r.git_commit(); "
+              f"subprocess.run({git!r} + ['commit', '-q', '--allow-empty', '-m', 'second'], check=True); "
+              "print(first, r.provenance()['git_commit'], r.__file__)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+                         capture_output=True, text=True, check=True).stdout.split()
+    head = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert out[2].startswith(str(tmp_path)) and out[0] == out[1] == head.strip()
+
+
 def test_calibrate_stdout_is_one_json_document(tmp_path):
     """Progress on: TRL's per-step log dicts must go to stderr, not into the summary."""
     import os
