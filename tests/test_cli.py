@@ -90,10 +90,10 @@ def test_records_name_the_commit_their_process_started_on(tmp_path):
 
     shutil.copytree(Path(layerscout.__file__).parent, tmp_path / "layerscout",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "first"]):
         subprocess.run(git + args, cwd=tmp_path, check=True)
-    script = ("import subprocess, sys, layerscout.records as r; first = r.git_commit(); "
+    script = ("import subprocess, layerscout.records as r; first = r.git_commit(); "
               f"subprocess.run({git!r} + ['commit', '-q', '--allow-empty', '-m', 'second'], check=True); "
               "print(first, r.provenance()['git_commit'], r.__file__)")
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)},
