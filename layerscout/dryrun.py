@@ -15,7 +15,9 @@ residual-stream element (4 with fp32 weights), T = prompt + completion tokens, B
                  bf16 weights) in host memory, N_b·(w + 8 (+4)); under autocast, its cached bf16 casts of every weight
                  that requires grad: N·2 while sampling (a loaded model's weights do), N_b·2 in the passes that
                  backpropagate into the blocks' weights (policy_grad, group_moments). Measured on an H200 (Qwen3-4B
-                 shape, benchmarks/gpu_memory.py), these were the missing 7.0–7.8 GiB of those phases.
+                 shape, benchmarks/gpu_memory.py), these were the missing 7.0–7.8 GiB of those phases. Those passes
+                 now run with the cache off (PassContext.logps); until a GPU measures them so, N_b·2 stays counted,
+                 an upper bound.
   GRPO (TRL)     grads N_t·4, AdamW N_t·8, bf16 autocast copies of the trained weights N_t·2, trained weights
                  upcast to fp32 N_t·(4 − w), a reference model N·w when beta > 0
   runtime        on CPU, 0.4 GiB for Python, torch and transformers with a model's modules (measured here)

@@ -148,8 +148,10 @@ class PassContext:
 
     def logps(self, ro, rows, precision=None) -> torch.Tensor:
         """Completion log-probs (B, T) of rows `rows` of `ro`, under the precision policy's autocast (or
-        `precision`'s)."""
-        with (precision or self.precision).autocast():
+        `precision`'s). Without autocast's cache: in the passes that backpropagate into the block weights, it would
+        hold a bf16 copy of them all through the forward, which gradient checkpointing otherwise spares (each weight
+        is used once per forward, so the cache saves no cast; signals are bit-identical)."""
+        with (precision or self.precision).autocast(cache=False):
             return completion_logps(self.model, ro.input_ids[rows].to(self.device),
                                     ro.attention_mask[rows].to(self.device), ro.completion_mask[rows].to(self.device))
 

@@ -33,10 +33,13 @@ class Precision:
     def autocast_dtype(self) -> torch.dtype | None:
         return DTYPES[self.compute] if self.compute != self.weights else None
 
-    def autocast(self):
-        """torch.autocast to `compute` when it differs from the weights, else a no-op context."""
+    def autocast(self, cache: bool = True):
+        """torch.autocast to `compute` when it differs from the weights, else a no-op context. `cache`: keep the
+        cast of each weight that requires grad until the context exits (torch's default; a sampling loop reuses
+        them); off, a pass whose weights require grad holds no copy of them beyond what autograd saves."""
         dtype = self.autocast_dtype
-        return torch.autocast(self.device_type, dtype=dtype) if dtype is not None else nullcontext()
+        return torch.autocast(self.device_type, dtype=dtype, cache_enabled=cache) if dtype is not None \
+            else nullcontext()
 
     def as_record(self) -> dict[str, str]:
         """e.g. {"weights": "float32", "compute": "bfloat16 autocast", "master": "float32"}."""

@@ -397,6 +397,27 @@ def test_bf16_signals_agree_with_fp32(organism, math_task):
     np.testing.assert_allclose(bf16["update_norm"], fp32["update_norm"], rtol=0.01)
 
 
+def test_gradient_passes_hold_no_autocast_cache_of_the_block_weights(organism, math_task):
+    """Under autocast, torch caches a bf16 copy of every weight that requires grad until the context exits: N_b·2
+    bytes through policy_grad's forward (7 GiB on Qwen3-4B's shape, measured on an H200). The passes turn the cache
+    off; each weight is cast once per forward anyway, so the signals are bit-identical."""
+    model, tok = organism
+    cfg, ro = _rollouts(model, tok, math_task, num_prompts=4, max_completion_length=8)
+    seen = []
+    hook = decoder_layers(model)[0].register_forward_pre_hook(
+        lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled())))
+    try:
+        with _probe_mode(model), fused_head(model, cfg.temperature):
+            ctx = PassContext(model, ro, cfg, Precision("float32", "bfloat16", device_type="cpu"),
+                              *split_groups(ro, 0.5, 0))
+            grads = policy_gradient(ctx)
+            group_moments(ctx)
+    finally:
+        hook.remove()
+    assert len(seen) >= 2 and all(on and not cached for on, cached in seen), seen
+    assert np.isfinite(grads.pg_sq_norm).all() and grads.pg_sq_norm.sum() > 0
+
+
 def test_by_default_the_probe_computes_only_what_the_predictor_scores_with(organism, math_task):
     from layerscout.predictor import load_predictor
 
