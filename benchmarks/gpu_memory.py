@@ -110,6 +110,9 @@ def main() -> None:
     ap.add_argument("--runs", default="probe,single,full", help="which of probe, single, full to measure")
     ap.add_argument("--output", help="write the rows as JSON here")
     args = ap.parse_args()
+    runs = args.runs.split(",")
+    if not runs or set(runs) - {"probe", "single", "full"}:
+        ap.error(f"--runs takes probe, single and full, comma-separated; got {args.runs!r}")
 
     from layerscout.config import ProbeConfig, RLConfig
     from layerscout.dryrun import grpo_memory, model_shape, planned_precision, probe_memory, prompt_tokens
@@ -129,7 +132,6 @@ def main() -> None:
                          "config": args.config, "params": shape.params, "prompt_tokens": prompt,
                          "completion_tokens": args.completion, "torch": torch.__version__}
 
-    runs = args.runs.split(",")
     t0 = time.perf_counter()
     model = random_model(args.config, device)
     results["build_seconds"] = round(time.perf_counter() - t0, 1)
