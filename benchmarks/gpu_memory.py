@@ -67,31 +67,15 @@ def random_model(config_dir: str, device: torch.device):
     return model.eval()
 
 
-class Peak:
-    """Peak allocated bytes over a `with` block (CUDA), or the process's peak RSS (CPU), and what was held before."""
+def held_bytes(device: torch.device) -> int:
+    """What is allocated now (CUDA) or resident (CPU), after freeing what can be freed."""
+    from layerscout.memory import rss_mib
 
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __enter__(self):
-        from layerscout.memory import reset_peak_rss, rss_mib
-
-        gc.collect()
-        if self.cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            self.before = torch.cuda.memory_allocated()
-        else:
-            reset_peak_rss()
-            self.before = int(rss_mib() * 2**20)
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        from layerscout.memory import rss_mib
-
-        self.seconds = time.perf_counter() - self.start
-        self.peak = torch.cuda.max_memory_allocated() if self.cuda else int(rss_mib("VmHWM") * 2**20)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        return torch.cuda.memory_allocated()
+    return int(rss_mib() * 2**20)
 
 
 def row(what: str, measured: float, estimated: float, **extra) -> dict:
@@ -116,7 +100,7 @@ def main() -> None:
 
     from layerscout.config import ProbeConfig, RLConfig
     from layerscout.dryrun import grpo_memory, model_shape, planned_precision, probe_memory, prompt_tokens
-    from layerscout.precision import model_precision
+    from layerscout.memory import MemoryMeter
     from layerscout.probe import run_probe
     from layerscout.training import train_layers
 
@@ -141,7 +125,7 @@ def main() -> None:
         probe = ProbeConfig(num_prompts=args.prompts, num_generations=8, max_completion_length=args.completion,
                             batch_size=8, dynamic_sampling=False, gradient_checkpointing=True)
         t0 = time.perf_counter()
-        ranking = run_probe(model, tok, task, probe, progress=False, precision=model_precision(model)).to_dict()
+        ranking = run_probe(model, tok, task, probe, progress=False).to_dict()
         seconds = time.perf_counter() - t0
         estimate = probe_memory(shape, probe, precision, prompt)
         measured = {k: v * 2**20 for k, v in ranking["cost"]["peak_memory_mib"].items() if k in estimate["totals"]}
@@ -155,13 +139,15 @@ def main() -> None:
     rl = RLConfig(max_steps=1, prompts_per_step=8, num_generations=8, max_completion_length=args.completion,
                   eval_prompts=8, save_steps=0, trl={"gradient_checkpointing": True})
     grpo = {"single": ("single-block GRPO step", [shape.num_layers // 2]), "full": ("full-parameter GRPO step", None)}
+    meter = MemoryMeter(device)
     for what, layers in (grpo[r] for r in runs if r in grpo):
-        with tempfile.TemporaryDirectory() as out, Peak(device) as run:
+        before, t0 = held_bytes(device), time.perf_counter()
+        with tempfile.TemporaryDirectory() as out, meter.phase(what):
             record = train_layers((model, tok), task, layers, rl, out, progress=False, save_model=False)
         est = grpo_memory(shape, rl, precision, prompt, None if layers is None else len(layers))
-        rows.append(row(what, run.peak - run.before + shape.params * 4, est["peak_bytes"],
-                        estimated_phase=est["peak_phase"], seconds=round(run.seconds, 1),
-                        held_before_gib=round(run.before / GIB, 2), precision=record["precision"]))
+        rows.append(row(what, meter.peaks[what] * 2**20 - before + shape.params * 4, est["peak_bytes"],
+                        estimated_phase=est["peak_phase"], seconds=round(time.perf_counter() - t0, 1),
+                        held_before_gib=round(before / GIB, 2), precision=record["precision"]))
         del record
     del model
     results["rows"] = rows
