@@ -137,15 +137,27 @@ def sweep_row(label: str, summary: dict) -> dict:
     """The one-line description of a sweep in `compare`'s table (strings, for Markdown)."""
     gains = summary["gain"].values()
     z = [g["z"] for g in gains if g["z"] is not None]
-    seeds = len(summary["seeds"])
     gain = (f"{min(g['gain'] for g in gains):+.3f}…{max(g['gain'] for g in gains):+.3f} "
             f"({min(z):.1f}–{max(z):.1f} SE)" if z else "–")
     priors = summary["priors"] or {}
     return {"sweep": label, "model": Path(summary["model"] or "?").name, "algo": summary["algo"],
-            "layers": summary["n_layers"], "seeds": seeds, "full-run gain (paired SE)": gain,
+            "layers": summary["n_layers"], "seeds": seeds_cell(summary), "full-run gain (paired SE)": gain,
             "seed Spearman": _fmt(summary["seed_spearman"]), "noise ceiling": _fmt(summary["noise_ceiling"]),
             "best blocks (% of depth)": contribution_shape(summary),
             "middle prior": _fmt(priors.get("depth_prior")), "shallower first": _fmt(priors.get("shallower_first"))}
+
+
+def seeds_cell(summary: dict) -> str:
+    """How many seeds the C vector stands on, and why any other is not in it yet: "2 of 3 (30 runs to go)",
+    "2 of 3 (seed 2 gated at 2.3 SE)". A sweep still running, or a gated seed, must not pass for a full one."""
+    seeds = [str(s) for s in summary["seeds"]]
+    defined = [s for s in seeds if s not in summary["undefined_seeds"]]
+    gated = [s for s in seeds if s in summary["weak_seeds"] and s in summary["undefined_seeds"]]
+    to_go = [j for j in summary["missing"] if j.split("/", 1)[0] not in gated]
+    notes = [f"seed {s} gated at {summary['gain'][s]['z']:.1f} SE" for s in gated]
+    notes += [f"{len(to_go)} run{'s' * (len(to_go) != 1)} to go"] if to_go else []
+    count = str(len(defined)) if len(defined) == len(seeds) else f"{len(defined)} of {len(seeds)}"
+    return count + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def contribution_shape(summary: dict, top: int = 3) -> str:

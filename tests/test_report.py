@@ -154,10 +154,23 @@ def test_compare(truth, tmp_path):
     row = result["sweeps"][0]
     # best blocks 2, 1, 3 of 6 sit at 40, 20, 60 % depth; block 5 is the worst
     assert row["best blocks (% of depth)"] == "2, 1, 3 (20–60 %); worst 5 (100 %)"
-    assert row["seed Spearman"] == "1.00" and row["seeds"] == 2 and row["shallower first"] == "0.60"
+    assert row["seed Spearman"] == "1.00" and row["seeds"] == "2 (1 run to go)" and row["shallower first"] == "0.60"
     # gain 0.4 on 20 prompts, d = 1 on 8 of them: se = sqrt(8/20 * 12/20 * 20/19) / sqrt(20)
     assert row["full-run gain (paired SE)"] == "+0.400…+0.400 (3.6–3.6 SE)"
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["labels"] == ["truth", "reversed", "shallow"]
+
+
+def test_compare_says_which_seeds_the_c_vector_stands_on(tmp_path):
+    """A sweep still running, or one with a gated seed, must not read as a full 2-seed sweep."""
+    running = write_truth(tmp_path / "running", skip=tuple(f"1/layer-{k}" for k in range(6)))
+    gated = write_truth(tmp_path / "gated", skip=tuple(f"1/layer-{k}" for k in range(6)))
+    full = gated / "runs" / "1" / "full.json"
+    record = json.loads(full.read_text())
+    record["final_eval"], record["final_score"] = _eval(0.35), 0.35  # 7 of 20 solved against 4: gain 0.15
+    write_json(full, record)
+    rows = compare([running, gated, write_truth(tmp_path / "done", skip=())])["sweeps"]
+    # gated: d = 1 on 3 of 20 prompts, se = sqrt(3/20 * 17/20 * 20/19) / sqrt(20) = 0.0819, z = 1.83 < 3
+    assert [row["seeds"] for row in rows] == ["1 of 2 (6 runs to go)", "1 of 2 (seed 1 gated at 1.8 SE)", "2"]
 
 
 def test_compare_without_output_writes_nothing(truth, tmp_path, monkeypatch):
