@@ -404,12 +404,14 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     Per sweep: `gain` per seed (S_full - S_base, its paired SE and their ratio z); `weak_seeds` (z < min_gain_se);
     `seed_spearman` (mean pairwise Spearman of C between seeds: the single-seed reliability), `reliability` (its
     Spearman-Brown value for the mean over the seeds) and `noise_ceiling` (sqrt of that: the best Spearman a
-    predictor can expect against the mean C); `priors` (the free rankings' Spearman); `best_blocks`.
+    predictor can expect against the mean C); `seed_z2` (mean z² of the seeds' block-by-block differences of C,
+    paired over prompts: 1 is eval noise alone) and `eval_noise_share` (1 / seed_z2, at most 1: how much of the
+    seeds' disagreement more eval prompts would remove); `priors` (the free rankings' Spearman).
     """
     import numpy as np
 
-    from .metrics import (layer_contribution, noise_ceiling, paired_bootstrap_contribution, paired_gain, seed_spearman,
-                          spearman_brown)
+    from .metrics import (layer_contribution, noise_ceiling, paired_bootstrap_contribution, paired_gain,
+                          seed_difference_z2, seed_spearman, spearman_brown)
 
     by_id = {r["job"]: r for r in records}
     seeds = sorted({j["seed"] for j in planned} | {r["seed"] for r in records})
@@ -450,8 +452,10 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
             continue
         rewards[seed] = (base, full, [runs[f"layer-{k}"]["final_eval"]["per_prompt"] if f"layer-{k}" in runs
                                       else [np.nan] * len(base) for k in blocks])
-    low, high = (paired_bootstrap_contribution(*(np.array([rewards[s][i] for s in rewards]) for i in range(3)),
-                                               n=n_boot) if rewards and blocks else ([None] * len(blocks),) * 2)
+    paired = [np.array([rewards[s][i] for s in rewards]) for i in range(3)]
+    low, high = (paired_bootstrap_contribution(*paired, n=n_boot) if rewards and blocks
+                 else ([None] * len(blocks),) * 2)
+    z2 = _finite(seed_difference_z2(*paired)) if len(rewards) > 1 and blocks else None
     layers = []
     for i, k in enumerate(blocks):
         per_seed = {str(s): float(c[s][k]) for s in c if k in c[s]}
@@ -478,6 +482,7 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
         "seed_spearman": agreement, "agreement_blocks": len(common),
         "reliability": _finite(spearman_brown(agreement, len(c))) if agreement is not None else None,
         "noise_ceiling": _finite(noise_ceiling(agreement, len(c))) if agreement is not None else None,
+        "seed_z2": z2, "eval_noise_share": min(1.0, 1.0 / z2) if z2 else None,
         "priors": _prior_agreement(layers, first.get("num_layers")),
         "missing": [j["id"] for j in planned if j["id"] not in by_id],
         "records": len(records),

@@ -94,6 +94,34 @@ def paired_bootstrap_contribution(base, full, layers, n: int = 1000, seed: int =
     return low, high
 
 
+def seed_difference_z2(base, full, layers) -> float:
+    """Mean z² of the seed-to-seed differences of C(k), each z paired over the prompts: about 1 when the seeds
+    differ by eval noise alone, so 1 / value is the share of their disagreement that more eval prompts would
+    remove; the rest is training itself (data order, sampling).
+
+    base, full: (S, n) per-prompt rewards; layers: (S, L, n), nan where a run is missing. Each seed's C is
+    taken per prompt, (r_k - base) / (S_full - S_base), so the pair's per-prompt difference averages to
+    C_a(k) - C_b(k); the full runs' own noise is not counted (it scales a seed's whole C vector, not its ranking).
+    nan without two seeds that improved and share a block. Example: per-prompt differences [2, 0, 0, 0] and
+    [2, 2, 0, 0] have z = 1 and sqrt(3): mean z² 2.
+    """
+    base, full, layers = (np.asarray(x, dtype=float) for x in (base, full, layers))
+    gain = (full - base).mean(axis=1)
+    gain = np.where(gain > MIN_GAIN, gain, np.nan)
+    c = (layers - base[:, None, :]) / gain[:, None, None]                              # (S, L, n)
+    z2 = []
+    for a, b in itertools.combinations(range(len(c)), 2):
+        d = c[a] - c[b]
+        d = d[~np.isnan(d).any(axis=1)]
+        if d.shape[1] < 2:
+            continue
+        mean, se = d.mean(axis=1), d.std(axis=1, ddof=1) / np.sqrt(d.shape[1])
+        with np.errstate(all="ignore"):  # identical runs: 0 / 0 is perfect agreement
+            z2 += list(np.where(se > 0, (mean / se) ** 2, np.where(mean == 0, 0.0, np.nan)))
+    z2 = [v for v in z2 if np.isfinite(v)]
+    return float(np.mean(z2)) if z2 else float("nan")
+
+
 def spearman_brown(r: float, factor: float) -> float:
     """Reliability of the mean of `factor` parallel measurements, each of reliability r: f·r / (1 + (f-1)·r);
     nan for r < 0, seeds that disagree (where the formula gives values below -1, or divides by zero). Example:

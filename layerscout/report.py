@@ -69,7 +69,8 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
     report = {"truth": {key: truth[key] for key in ("directory", "model", "task", "task_versions", "algo",
                                                     "n_layers", "seeds", "s_base", "s_full", "gain",
                                                     "undefined_seeds", "weak_seeds", "seed_spearman", "reliability",
-                                                    "noise_ceiling", "agreement_blocks", "missing")}
+                                                    "noise_ceiling", "seed_z2", "eval_noise_share",
+                                                    "agreement_blocks", "missing")}
                         | {"constant_answer": truth.get("constant_answer")},  # absent in sweeps before it
               "blocks": blocks, "true_contribution": true_c.tolist(), "k": k, "n_boot": n_boot, "seed": seed,
               "rows": rows, "plots": [p.name for p in plots]}
@@ -371,6 +372,7 @@ def _facts(report: dict) -> list[str]:
              f"seed agreement (mean pairwise Spearman of C, on the {t['agreement_blocks']} blocks every seed has "
              f"run{few}): {_fmt(t['seed_spearman'])}; Spearman-Brown reliability "
              f"of the seed mean: {_fmt(t['reliability'])}; noise ceiling: {_fmt(t['noise_ceiling'])}",
+             *([_seed_gap(t)] if t.get("seed_z2") is not None else []),
              f"compared on {len(report['blocks'])} of {t['n_layers']} blocks; intervals: 95 % bootstrap over "
              f"layers ({report['n_boot']} resamples)"]
     if t["constant_answer"]:
@@ -381,6 +383,15 @@ def _facts(report: dict) -> list[str]:
     facts += [f"seed {s}: C undefined — {why}" for s, why in t["undefined_seeds"].items()]
     facts += [f"seed {s}: weak — {why}" for s, why in t["weak_seeds"].items()]
     return facts
+
+
+def _seed_gap(t: dict) -> str:
+    """Why the seeds disagree: eval noise (more prompts help) or training (more seeds or steps help)."""
+    share = t["eval_noise_share"]
+    why = (f"; eval noise explains {100 * share:.0f} % of the seeds' disagreement, training (data order, "
+           f"sampling) the rest" if share else "")
+    return (f"seed-to-seed differences of C, block by block and paired over prompts: mean z² {_fmt(t['seed_z2'])} "
+            f"(eval noise alone gives 1){why}")
 
 
 def _markdown(report: dict) -> str:

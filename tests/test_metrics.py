@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from layerscout.errors import LayerscoutError
-from layerscout.metrics import (bootstrap_ci, kendall, layer_contribution, ndcg, noise_ceiling, paired_bootstrap_contribution,
-                                paired_gain, random_expectation, reward_rise, seed_spearman, spearman, spearman_brown,
-                                top1_recovered, top1_regret, topk_overlap)
+from layerscout.metrics import (bootstrap_ci, kendall, layer_contribution, ndcg, noise_ceiling,
+                                paired_bootstrap_contribution, paired_gain, random_expectation, reward_rise,
+                                seed_difference_z2, seed_spearman, spearman, spearman_brown, top1_recovered,
+                                top1_regret, topk_overlap)
 
 
 def test_reward_rise_by_hand():
@@ -42,6 +43,31 @@ def test_spearman_brown_and_noise_ceiling_by_hand():
     # seeds that disagree: the formula gives -5.55 at r = -0.74 and divides by zero at -1 (it printed -1.8e16)
     assert math.isnan(spearman_brown(-0.74, 2)) and math.isnan(spearman_brown(-1.0, 2))
     assert spearman_brown(0.0, 3) == 0.0
+
+
+def test_seed_difference_z2_by_hand():
+    base, full = np.zeros((2, 4)), np.array([[1, 1, 0, 0], [1, 1, 0, 0]])        # both gain 0.5
+    layers = np.array([[[1, 0, 0, 0], [1, 1, 0, 0]], np.zeros((2, 4))])
+    # per-prompt C differences [2, 0, 0, 0]: mean 0.5, sd 1, se 0.5, z 1; [2, 2, 0, 0]: mean 1, se 1/sqrt(3)
+    assert seed_difference_z2(base, full, layers) == pytest.approx((1 + 3) / 2)
+    missing = layers.copy()
+    missing[1, 1] = np.nan                                                       # seed 1 has no block-1 run yet
+    assert seed_difference_z2(base, full, missing) == pytest.approx(1.0)
+    assert seed_difference_z2(base, full, np.array([layers[0], layers[0]])) == 0.0   # identical runs agree
+    assert math.isnan(seed_difference_z2(base, np.array([[1, 1, 0, 0], [0, 0, 0, 0]]), layers))  # seed 1 no gain
+
+
+def test_seed_difference_z2_is_about_one_when_seeds_differ_by_eval_noise_alone():
+    """Every run draws each prompt's reward independently from the same per-prompt odds: nothing but eval noise
+    separates the seeds, so z² averages 1; a per-seed shift in one block's odds pushes it up."""
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.0, 0.6, 1600)
+    draw = lambda q, *shape: (rng.random((*shape, len(q))) < q).astype(float)
+    base, full = np.repeat(draw(p, 1), 2, axis=0), draw(p + 0.3, 2)             # one base model, scored once
+    z2 = seed_difference_z2(base, full, draw(p + 0.02, 2, 100))
+    assert 0.8 < z2 < 1.25
+    layers = np.stack([draw(p + 0.06, 100), draw(p, 100)])                    # seed 0's blocks train, seed 1's not
+    assert seed_difference_z2(base, full, layers) > 3
 
 
 def test_top1_regret_by_hand():

@@ -112,6 +112,7 @@ def test_all_outputs_exist(truth, ranking_file, tmp_path):
     assert md.splitlines()[2] == ("**Verdict:** probe: beats both free priors (Spearman 0.89 vs middle 0.72, "
                                   "shallower-first 0.60), 89 % of the noise ceiling 1.00; top-1 regret 0.25")
     assert "noise ceiling: sqrt of its Spearman-Brown reliability" in md and "*Predicted rank (x) against" in md
+    assert "paired over prompts: mean z² 0.00 (eval noise alone gives 1)\n" in md  # the seeds' runs are identical
     assert page.count("<figcaption>") == 3 and "Verdict:" in page
 
 
