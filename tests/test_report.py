@@ -174,6 +174,19 @@ def test_compare_says_which_seeds_the_c_vector_stands_on(tmp_path):
     assert [row["seeds"] for row in rows] == ["1 of 2 (6 runs to go)", "1 of 2 (seed 1 gated at 1.8 SE)", "2"]
 
 
+def test_compare_says_whether_eval_noise_or_training_splits_the_seeds(tmp_path):
+    same = write_truth(tmp_path / "same", skip=())
+    split = write_truth(tmp_path / "split", skip=())
+    block = split / "runs" / "1" / "layer-1.json"
+    record = json.loads(block.read_text())
+    record["final_eval"], record["final_score"] = _eval(S_BASE), S_BASE  # seed 1's block 1 did not train
+    write_json(block, record)
+    rows = compare([same, split])["sweeps"]
+    # block 1: seed 0 solves 12 prompts, seed 1 the base's 4: d = 2.5 on 8 of 20, z² = p (N-1) / (1-p) = 12.67
+    # with p = 0.4; the other 5 blocks agree exactly (z² 0): mean 2.11, eval noise explains 1 / 2.11 = 47 %
+    assert [row["seed gap z² (eval noise share)"] for row in rows] == ["0.00", "2.11 (47 %)"]
+
+
 def test_compare_without_output_writes_nothing(truth, tmp_path, monkeypatch):
     other = write_truth(tmp_path / "reversed", c=[1.25 - x for x in C], skip=())
     monkeypatch.chdir(tmp_path)
