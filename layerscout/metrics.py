@@ -96,8 +96,10 @@ def paired_bootstrap_contribution(base, full, layers, n: int = 1000, seed: int =
 
 def seed_difference_z2(base, full, layers) -> float:
     """Mean z² of the seed-to-seed differences of C(k), each z paired over the prompts: about 1 when the seeds
-    differ by eval noise alone, so 1 / value is the share of their disagreement that more eval prompts would
-    remove; the rest is training itself (data order, sampling).
+    differ by eval noise alone, i.e. by flips independent from prompt to prompt (sampled scoring, or training
+    randomness that moved unrelated answers), which more eval prompts average away; so 1 / value is the share of
+    their disagreement that more prompts would remove. The rest is a seed training systematically differently
+    (data order), which only more seeds or a longer run average out.
 
     base, full: (S, n) per-prompt rewards; layers: (S, L, n), nan where a run is missing. Each seed's C is
     taken per prompt, (r_k - base) / (S_full - S_base), so the pair's per-prompt difference averages to
