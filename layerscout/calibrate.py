@@ -404,14 +404,14 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     Per sweep: `gain` per seed (S_full - S_base, its paired SE and their ratio z); `weak_seeds` (z < min_gain_se);
     `seed_spearman` (mean pairwise Spearman of C between seeds: the single-seed reliability), `reliability` (its
     Spearman-Brown value for the mean over the seeds) and `noise_ceiling` (sqrt of that: the best Spearman a
-    predictor can expect against the mean C); `seed_z2` (mean z² of the seeds' block-by-block differences of C,
-    paired over prompts: 1 is eval noise alone) and `eval_noise_share` (1 / seed_z2, at most 1: how much of the
-    seeds' disagreement more eval prompts would remove); `priors` (the free rankings' Spearman).
+    predictor can expect against the mean C); `split_half` (whether the ranking replicates on other prompts: C on
+    the even-numbered prompts against C on the odd ones, `same_seed` and `across_seeds`); `priors` (the free
+    rankings' Spearman).
     """
     import numpy as np
 
     from .metrics import (layer_contribution, noise_ceiling, paired_bootstrap_contribution, paired_gain,
-                          seed_difference_z2, seed_spearman, spearman_brown)
+                          prompt_split_agreement, seed_spearman, spearman_brown)
 
     by_id = {r["job"]: r for r in records}
     seeds = sorted({j["seed"] for j in planned} | {r["seed"] for r in records})
@@ -455,7 +455,7 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     paired = [np.array([rewards[s][i] for s in rewards]) for i in range(3)]
     low, high = (paired_bootstrap_contribution(*paired, n=n_boot) if rewards and blocks
                  else ([None] * len(blocks),) * 2)
-    z2 = _finite(seed_difference_z2(*paired)) if len(rewards) > 1 and blocks else None
+    within, across = prompt_split_agreement(*paired) if rewards and blocks else (None, None)
     layers = []
     for i, k in enumerate(blocks):
         per_seed = {str(s): float(c[s][k]) for s in c if k in c[s]}
@@ -482,7 +482,7 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
         "seed_spearman": agreement, "agreement_blocks": len(common),
         "reliability": _finite(spearman_brown(agreement, len(c))) if agreement is not None else None,
         "noise_ceiling": _finite(noise_ceiling(agreement, len(c))) if agreement is not None else None,
-        "seed_z2": z2, "eval_noise_share": min(1.0, 1.0 / z2) if z2 else None,
+        "split_half": {"same_seed": _finite(within), "across_seeds": _finite(across)},
         "priors": _prior_agreement(layers, first.get("num_layers")),
         "missing": [j["id"] for j in planned if j["id"] not in by_id],
         "records": len(records),

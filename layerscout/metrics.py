@@ -94,34 +94,37 @@ def paired_bootstrap_contribution(base, full, layers, n: int = 1000, seed: int =
     return low, high
 
 
-def seed_difference_z2(base, full, layers) -> float:
-    """Mean z² of the seed-to-seed differences of C(k), each z paired over the prompts: about 1 when the seeds
-    differ by eval noise alone, i.e. by flips independent from prompt to prompt (sampled scoring, or training
-    randomness that moved unrelated answers), which more eval prompts average away; so 1 / value is the share of
-    their disagreement that more prompts would remove. The rest is a seed training systematically differently
-    (data order), which only more seeds or a longer run average out.
+def prompt_split_agreement(base, full, layers) -> tuple[float, float]:
+    """Does the C ranking replicate on other prompts? (same seed, across seeds): the Spearman of C computed on the
+    even-numbered prompts against C on the odd-numbered ones, within each seed and between every two seeds (both
+    ways), each averaged. Seeds scored on one prompt set can agree on which of its prompts each block flips
+    without the ranking holding on new prompts; a low value within seeds says the blocks' differences drown in
+    eval noise (more eval prompts or a longer run help), a high one within and a low one across says the seeds
+    trained different profiles (more seeds help).
 
-    base, full: (S, n) per-prompt rewards; layers: (S, L, n), nan where a run is missing. Each seed's C is
-    taken per prompt, (r_k - base) / (S_full - S_base), so the pair's per-prompt difference averages to
-    C_a(k) - C_b(k); the full runs' own noise is not counted (it scales a seed's whole C vector, not its ranking).
-    nan without two seeds that improved and share a block. Example: per-prompt differences [2, 0, 0, 0] and
-    [2, 2, 0, 0] have z = 1 and sqrt(3): mean z² 2.
+    base, full: (S, n) per-prompt rewards; layers: (S, L, n), nan where a run is missing: only blocks every seed
+    has count. nan without 3 such blocks, or where a half's full run did not beat its base.
     """
     base, full, layers = (np.asarray(x, dtype=float) for x in (base, full, layers))
-    gain = (full - base).mean(axis=1)
-    gain = np.where(gain > MIN_GAIN, gain, np.nan)
-    c = (layers - base[:, None, :]) / gain[:, None, None]                              # (S, L, n)
-    z2 = []
-    for a, b in itertools.combinations(range(len(c)), 2):
-        d = c[a] - c[b]
-        d = d[~np.isnan(d).any(axis=1)]
-        if d.shape[1] < 2:
-            continue
-        mean, se = d.mean(axis=1), d.std(axis=1, ddof=1) / np.sqrt(d.shape[1])
-        with np.errstate(all="ignore"):  # identical runs: 0 / 0 is perfect agreement
-            z2 += list(np.where(se > 0, (mean / se) ** 2, np.where(mean == 0, 0.0, np.nan)))
-    z2 = [v for v in z2 if np.isfinite(v)]
-    return float(np.mean(z2)) if z2 else float("nan")
+    layers = layers[:, ~np.isnan(layers).any(axis=(0, 2))]
+    if layers.shape[1] < 3:
+        return float("nan"), float("nan")
+
+    def c(s: int, half: slice) -> np.ndarray:
+        gain = full[s, half].mean() - base[s, half].mean()
+        return (layers[s, :, half].mean(axis=1) - base[s, half].mean()) / gain if gain > MIN_GAIN else None
+
+    even, odd = slice(0, None, 2), slice(1, None, 2)
+    halves = [(c(s, even), c(s, odd)) for s in range(len(base))]
+
+    def mean_rho(pairs) -> float:
+        values = [spearman(a, b) for a, b in pairs if a is not None and b is not None]
+        values = [v for v in values if np.isfinite(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+    within = mean_rho(halves)
+    across = mean_rho([(a[i], b[1 - i]) for a, b in itertools.combinations(halves, 2) for i in (0, 1)])
+    return within, across
 
 
 def spearman_brown(r: float, factor: float) -> float:

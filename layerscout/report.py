@@ -20,17 +20,18 @@ from .ranking import LayerRanking
 from .records import write_json
 
 METRICS = ("spearman", "kendall", "top1_recovered", "top1_regret", "topk_overlap", "ndcg")
-SEED_GAP = "seed gap z² (eval noise share)"
+SPLIT = "split-half (same seed / across)"
 LEGEND = (
     "C(k) = (S_k - S_base) / (S_full - S_base): the share of full-parameter RL's held-out gain that RL on block k "
     "alone recovers (1 = as much, > 1 = more, < 0 = worse than the base). S_base: the base model's held-out score; "
     "S_full: after full-parameter RL; S_k: after RL on block k only, same settings. Gain in paired SE: "
     "(S_full - S_base) over the standard error of the per-prompt differences. Seed agreement: mean pairwise "
     "Spearman of C between seeds; noise ceiling: sqrt of its Spearman-Brown reliability for the seed mean, the "
-    "best Spearman any ranking can expect against this truth. Seed gap: mean z² of the seeds' block-by-block "
-    "differences of C, paired over prompts; eval noise alone gives 1, so 1 / z² is the share of the seeds' "
-    "disagreement more eval prompts would remove. Top-1 regret: C(best block) - C(block ranked first). "
-    "Intervals: 95 % bootstrap over layers (random ranking: the central 95 % of random rankings).")
+    "best Spearman any ranking can expect against this truth. Split-half: Spearman of C on the even-numbered "
+    "prompts against C on the odd ones, within a seed and across seeds; seeds can agree on which of one prompt "
+    "set's answers each block flips while the ranking does not hold on other prompts. Top-1 regret: C(best "
+    "block) - C(block ranked first). Intervals: 95 % bootstrap over layers (random ranking: the central 95 % of "
+    "random rankings).")
 
 
 def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: int = 3, n_boot: int = 1000,
@@ -72,8 +73,7 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
     report = {"truth": {key: truth[key] for key in ("directory", "model", "task", "task_versions", "algo",
                                                     "n_layers", "seeds", "s_base", "s_full", "gain",
                                                     "undefined_seeds", "weak_seeds", "seed_spearman", "reliability",
-                                                    "noise_ceiling", "seed_z2", "eval_noise_share",
-                                                    "agreement_blocks", "missing")}
+                                                    "noise_ceiling", "split_half", "agreement_blocks", "missing")}
                         | {"constant_answer": truth.get("constant_answer")},  # absent in sweeps before it
               "blocks": blocks, "true_contribution": true_c.tolist(), "k": k, "n_boot": n_boot, "seed": seed,
               "rows": rows, "plots": [p.name for p in plots]}
@@ -124,7 +124,7 @@ def compare(truth_dirs: list[str | Path], output_dir: str | Path | None = None) 
               "matrix": [[_json_float(v) for v in row] for row in matrix],
               "blocks": [sorted(x) for x in c]}
     columns = ("sweep", "model", "algo", "layers", "seeds", "full-run gain (paired SE)", "seed Spearman",
-               "noise ceiling", SEED_GAP, "best blocks (% of depth)", "middle prior", "shallower first")
+               "noise ceiling", SPLIT, "best blocks (% of depth)", "middle prior", "shallower first")
     table = ("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
              + "".join("| " + " | ".join(str(row[c]) for c in columns) + " |\n" for row in sweeps))
     head = "| | " + " | ".join(labels) + " |\n|---|" + "---|" * len(labels) + "\n"
@@ -147,14 +147,13 @@ def sweep_row(label: str, summary: dict) -> dict:
     return {"sweep": label, "model": Path(summary["model"] or "?").name, "algo": summary["algo"],
             "layers": summary["n_layers"], "seeds": seeds_cell(summary), "full-run gain (paired SE)": gain,
             "seed Spearman": _fmt(summary["seed_spearman"]), "noise ceiling": _fmt(summary["noise_ceiling"]),
-            SEED_GAP: _seed_gap_cell(summary), "best blocks (% of depth)": contribution_shape(summary),
+            SPLIT: _split_cell(summary), "best blocks (% of depth)": contribution_shape(summary),
             "middle prior": _fmt(priors.get("depth_prior")), "shallower first": _fmt(priors.get("shallower_first"))}
 
 
-def _seed_gap_cell(summary: dict) -> str:
-    """Mean z² of the seeds' block-by-block differences and the share eval noise explains: "1.53 (65 %)"."""
-    z2, share = summary.get("seed_z2"), summary.get("eval_noise_share")
-    return f"{z2:.2f} ({100 * share:.0f} %)" if share else _fmt(z2)
+def _split_cell(summary: dict) -> str:
+    split = summary.get("split_half") or {}
+    return f"{_fmt(split.get('same_seed'))} / {_fmt(split.get('across_seeds'))}"
 
 
 def seeds_cell(summary: dict) -> str:
@@ -381,7 +380,8 @@ def _facts(report: dict) -> list[str]:
              f"seed agreement (mean pairwise Spearman of C, on the {t['agreement_blocks']} blocks every seed has "
              f"run{few}): {_fmt(t['seed_spearman'])}; Spearman-Brown reliability "
              f"of the seed mean: {_fmt(t['reliability'])}; noise ceiling: {_fmt(t['noise_ceiling'])}",
-             *([_seed_gap(t)] if t.get("seed_z2") is not None else []),
+             f"does the ranking hold on other prompts? Spearman of C on the even-numbered prompts against C on "
+             f"the odd ones: {_split_cell(t)} (same seed / across seeds)",
              f"compared on {len(report['blocks'])} of {t['n_layers']} blocks; intervals: 95 % bootstrap over "
              f"layers ({report['n_boot']} resamples)"]
     if t["constant_answer"]:
@@ -392,15 +392,6 @@ def _facts(report: dict) -> list[str]:
     facts += [f"seed {s}: C undefined — {why}" for s, why in t["undefined_seeds"].items()]
     facts += [f"seed {s}: weak — {why}" for s, why in t["weak_seeds"].items()]
     return facts
-
-
-def _seed_gap(t: dict) -> str:
-    """Why the seeds disagree: eval noise (more prompts help) or training (more seeds or steps help)."""
-    share = t["eval_noise_share"]
-    why = (f"; eval noise explains {100 * share:.0f} % of the seeds' disagreement, training (data order, "
-           f"sampling) the rest" if share else "")
-    return (f"seed-to-seed differences of C, block by block and paired over prompts: mean z² {_fmt(t['seed_z2'])} "
-            f"(eval noise alone gives 1){why}")
 
 
 def _markdown(report: dict) -> str:

@@ -264,9 +264,9 @@ def test_contributions_by_hand():
     assert out["seed_spearman"] == pytest.approx(0.5)                 # ranks 3,2,1 vs 2,3,1
     assert out["reliability"] == pytest.approx(2 / 3)                  # Spearman-Brown: 2 * 0.5 / 1.5
     assert out["noise_ceiling"] == pytest.approx((2 / 3) ** 0.5)
-    # per-prompt C of seed 0 minus seed 1 (gains 0.5, 0.75): block 0 [2/3, 2, 0, 0] (mean 2/3, se sqrt(2)/3,
-    # z² 2), block 1 [2/3, -4/3, -4/3, 0] (mean -1/2, se 1/2, z² 1), block 2 [0, 0, 0, 4/3] (z² 1)
-    assert out["seed_z2"] == pytest.approx(4 / 3) and out["eval_noise_share"] == pytest.approx(0.75)
+    # C on prompts a, c against b, d: seed 0 (1, 1, 0) vs (1, 0, 0), Spearman 0.5; seed 1 (0.5, 1, 0) vs
+    # (0, 1, -1), 1; across seeds (1, 1, 0) vs (0, 1, -1) is sqrt(3)/2 and (1, 0, 0) vs (0.5, 1, 0) is 0
+    assert out["split_half"] == pytest.approx({"same_seed": 0.75, "across_seeds": 3 ** 0.5 / 4})
     assert out["priors"] == pytest.approx({"depth_prior": 0.75 ** 0.5, "shallower_first": 0.5})
     assert all(x["ci"][0] <= x["contribution"] <= x["ci"][1] for x in out["layers"])
     assert out["s_base"] == {"0": 0.25, "1": 0.25, "2": 0.25} and out["s_full"]["2"] == 0.25

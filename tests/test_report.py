@@ -112,7 +112,7 @@ def test_all_outputs_exist(truth, ranking_file, tmp_path):
     assert md.splitlines()[2] == ("**Verdict:** probe: beats both free priors (Spearman 0.89 vs middle 0.72, "
                                   "shallower-first 0.60), 89 % of the noise ceiling 1.00; top-1 regret 0.25")
     assert "noise ceiling: sqrt of its Spearman-Brown reliability" in md and "*Predicted rank (x) against" in md
-    assert "paired over prompts: mean z² 0.00 (eval noise alone gives 1)\n" in md  # the seeds' runs are identical
+    assert "C on the even-numbered prompts against C on the odd ones: 1.00 / 1.00 (same seed / across seeds)" in md
     assert page.count("<figcaption>") == 3 and "Verdict:" in page
 
 
@@ -156,6 +156,9 @@ def test_compare(truth, tmp_path):
     # best blocks 2, 1, 3 of 6 sit at 40, 20, 60 % depth; block 5 is the worst
     assert row["best blocks (% of depth)"] == "2, 1, 3 (20–60 %); worst 5 (100 %)"
     assert row["seed Spearman"] == "1.00" and row["seeds"] == "2 (1 run to go)" and row["shallower first"] == "0.60"
+    # the first prompts are solved: blocks solve 8, 12, 14, 10, 6 of 20, half of them even-numbered, so C ranks
+    # the blocks alike on either half
+    assert row["split-half (same seed / across)"] == "1.00 / 1.00"
     # gain 0.4 on 20 prompts, d = 1 on 8 of them: se = sqrt(8/20 * 12/20 * 20/19) / sqrt(20)
     assert row["full-run gain (paired SE)"] == "+0.400…+0.400 (3.6–3.6 SE)"
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["labels"] == ["truth", "reversed", "shallow"]
@@ -174,17 +177,22 @@ def test_compare_says_which_seeds_the_c_vector_stands_on(tmp_path):
     assert [row["seeds"] for row in rows] == ["1 of 2 (6 runs to go)", "1 of 2 (seed 1 gated at 1.8 SE)", "2"]
 
 
-def test_compare_says_whether_eval_noise_or_training_splits_the_seeds(tmp_path):
-    same = write_truth(tmp_path / "same", skip=())
-    split = write_truth(tmp_path / "split", skip=())
-    block = split / "runs" / "1" / "layer-1.json"
-    record = json.loads(block.read_text())
-    record["final_eval"], record["final_score"] = _eval(S_BASE), S_BASE  # seed 1's block 1 did not train
-    write_json(block, record)
-    rows = compare([same, split])["sweeps"]
-    # block 1: seed 0 solves 12 prompts, seed 1 the base's 4: d = 2.5 on 8 of 20, z² = p (N-1) / (1-p) = 12.67
-    # with p = 0.4; the other 5 blocks agree exactly (z² 0): mean 2.11, eval noise explains 1 / 2.11 = 47 %
-    assert [row["seed gap z² (eval noise share)"] for row in rows] == ["0.00", "2.11 (47 %)"]
+def test_compare_shows_seeds_that_agree_only_on_their_prompt_set(tmp_path):
+    """Each block solves extra prompts of one parity only, the same in both seeds: the seeds agree exactly on the
+    20 prompts, while the blocks that gain on the even prompts are the ones that gain nothing on the odd ones."""
+    sweep = write_truth(tmp_path / "parity", skip=())
+    extra = {0: [4], 1: [4, 6, 8], 2: [4, 6, 8, 10, 12], 3: [5, 7], 4: [5, 7, 9, 11], 5: [5, 7, 9, 11, 13, 15]}
+    for seed in (0, 1):
+        for k, solved in extra.items():
+            path = sweep / "runs" / str(seed) / f"layer-{k}.json"
+            record = json.loads(path.read_text())
+            per_prompt = [1.0 if i < 4 or i in solved else 0.0 for i in range(N)]   # the base solves the first 4
+            record["final_eval"] = {**_eval(S_BASE), "per_prompt": per_prompt, "score": sum(per_prompt) / N}
+            record["final_score"] = sum(per_prompt) / N
+            write_json(path, record)
+    row = compare([sweep])["sweeps"][0]
+    # C on even prompts ranks the blocks 4, 5, 6, 2, 2, 2; on odd ones 2, 2, 2, 4, 5, 6: Spearman -13.5 / 15.5
+    assert row["seed Spearman"] == "1.00" and row["split-half (same seed / across)"] == "-0.87 / -0.87"
 
 
 def test_compare_without_output_writes_nothing(truth, tmp_path, monkeypatch):
