@@ -107,8 +107,8 @@ def verdict(report: dict) -> str:
 
 
 def compare(truth_dirs: list[str | Path], output_dir: str | Path | None = None) -> dict:
-    """One row per sweep (gain in paired SE, seed agreement, noise ceiling, where the best blocks sit, the free
-    priors' Spearman), then the Spearman of C between every pair of sweeps of the same depth (e.g. math vs code,
+    """One row per sweep (gain in paired SE, seed agreement, noise ceiling, split-half agreement, where the best
+    blocks sit, the free priors' Spearman), then the Spearman of C between every pair of sweeps of the same depth (e.g. math vs code,
     GRPO vs Dr. GRPO), over the blocks where both define C: how far the ground truth agrees with itself.
     The result carries the tables as `markdown`; with `output_dir` it is also written there as compare.md and
     compare.json. Example: `compare(["cal/math", "cal/code"])["matrix"]`."""
