@@ -21,6 +21,7 @@ from .records import write_json
 
 METRICS = ("spearman", "kendall", "top1_recovered", "top1_regret", "topk_overlap", "ndcg")
 SPLIT = "split-half (same seed / across)"
+MIN_SPLIT_HALF = 0.7  # the goal's bar for seed agreement, applied to the truth's agreement with itself
 LEGEND = (
     "C(k) = (S_k - S_base) / (S_full - S_base): the share of full-parameter RL's held-out gain that RL on block k "
     "alone recovers (1 = as much, > 1 = more, < 0 = worse than the base). S_base: the base model's held-out score; "
@@ -86,7 +87,8 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
 
 def verdict(report: dict) -> str:
     """One line per ranking: does it beat both free priors (middle of the stack, shallower first) on Spearman,
-    and how close is it to the noise ceiling."""
+    and how close is it to the noise ceiling; then a warning where the truth's ranking does not hold from one half
+    of its prompts to the other (a high Spearman against it is then partly luck of the prompt set)."""
     rows = {r["name"]: r["metrics"] for r in report["rows"]}
     priors = {name: rows[name]["spearman"]["value"] for name in ("depth prior (middle)", "shallower first")}
     ceiling = report["truth"]["noise_ceiling"]
@@ -103,6 +105,10 @@ def verdict(report: dict) -> str:
                       else ", no noise ceiling")
         lines.append(f"{r['name']}: {head} (Spearman {rho:.2f} vs middle {_fmt(priors['depth prior (middle)'])}, "
                      f"shallower-first {_fmt(priors['shallower first'])}){of_ceiling}; top-1 regret {_fmt(regret)}")
+    held = (report["truth"].get("split_half") or {}).get("same_seed")
+    if held is not None and held < MIN_SPLIT_HALF:
+        lines.append(f"but the truth's own ranking holds at only {held:.2f} from the even- to the odd-numbered prompts, "
+                     f"so these numbers depend on which prompts were scored")
     return "; ".join(lines)
 
 

@@ -177,10 +177,10 @@ def test_compare_says_which_seeds_the_c_vector_stands_on(tmp_path):
     assert [row["seeds"] for row in rows] == ["1 of 2 (6 runs to go)", "1 of 2 (seed 1 gated at 1.8 SE)", "2"]
 
 
-def test_compare_shows_seeds_that_agree_only_on_their_prompt_set(tmp_path):
+def write_parity_truth(directory):
     """Each block solves extra prompts of one parity only, the same in both seeds: the seeds agree exactly on the
     20 prompts, while the blocks that gain on the even prompts are the ones that gain nothing on the odd ones."""
-    sweep = write_truth(tmp_path / "parity", skip=())
+    sweep = write_truth(directory, skip=())
     extra = {0: [4], 1: [4, 6, 8], 2: [4, 6, 8, 10, 12], 3: [5, 7], 4: [5, 7, 9, 11], 5: [5, 7, 9, 11, 13, 15]}
     for seed in (0, 1):
         for k, solved in extra.items():
@@ -190,9 +190,21 @@ def test_compare_shows_seeds_that_agree_only_on_their_prompt_set(tmp_path):
             record["final_eval"] = {**_eval(S_BASE), "per_prompt": per_prompt, "score": sum(per_prompt) / N}
             record["final_score"] = sum(per_prompt) / N
             write_json(path, record)
-    row = compare([sweep])["sweeps"][0]
+    return sweep
+
+
+def test_compare_shows_seeds_that_agree_only_on_their_prompt_set(tmp_path):
+    row = compare([write_parity_truth(tmp_path / "parity")])["sweeps"][0]
     # C on even prompts ranks the blocks 4, 5, 6, 2, 2, 2; on odd ones 2, 2, 2, 4, 5, 6: Spearman -13.5 / 15.5
     assert row["seed Spearman"] == "1.00" and row["split-half (same seed / across)"] == "-0.87 / -0.87"
+
+
+def test_the_verdict_warns_when_the_truth_does_not_hold_on_other_prompts(tmp_path, ranking_file):
+    report = validate([ranking_file], write_parity_truth(tmp_path / "parity"), tmp_path / "out", n_boot=20)
+    assert report["verdict"].endswith("; but the truth's own ranking holds at only -0.87 from the even- to the "
+                                      "odd-numbered prompts, so these numbers depend on which prompts were scored")
+    steady = validate([ranking_file], write_truth(tmp_path / "steady"), tmp_path / "out2", n_boot=20)
+    assert "holds at only" not in steady["verdict"]
 
 
 def test_compare_without_output_writes_nothing(truth, tmp_path, monkeypatch):
