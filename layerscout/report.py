@@ -107,15 +107,16 @@ def verdict(report: dict) -> str:
                      f"shallower-first {_fmt(priors['shallower first'])}){of_ceiling}; top-1 regret {_fmt(regret)}")
     held = (report["truth"].get("split_half") or {}).get("same_seed")
     if held is not None and held < MIN_SPLIT_HALF:
-        lines.append(f"but the truth's own ranking holds at only {held:.2f} from the even- to the odd-numbered prompts, "
-                     f"so these numbers depend on which prompts were scored")
+        lines.append(f"but the truth's own ranking holds at only {held:.2f} from the even- to the odd-numbered "
+                     f"prompts, so these numbers depend on which prompts were scored")
     return "; ".join(lines)
 
 
 def compare(truth_dirs: list[str | Path], output_dir: str | Path | None = None) -> dict:
     """One row per sweep (gain in paired SE, seed agreement, noise ceiling, split-half agreement, where the best
-    blocks sit, the free priors' Spearman), then the Spearman of C between every pair of sweeps of the same depth (e.g. math vs code,
-    GRPO vs Dr. GRPO), over the blocks where both define C: how far the ground truth agrees with itself.
+    blocks sit, the free priors' Spearman), then the Spearman of C between every pair of sweeps of the same depth
+    (e.g. math vs code, GRPO vs Dr. GRPO), over the blocks where both define C: how far the ground truth agrees
+    with itself.
     The result carries the tables as `markdown`; with `output_dir` it is also written there as compare.md and
     compare.json. Example: `compare(["cal/math", "cal/code"])["matrix"]`."""
     if not truth_dirs:
