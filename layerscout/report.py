@@ -108,7 +108,7 @@ def verdict(report: dict) -> str:
     held = (report["truth"].get("split_half") or {}).get("same_seed")
     if held is not None and held < MIN_SPLIT_HALF:
         lines.append(f"but the truth's own ranking holds at only {held:.2f} from the even- to the odd-numbered "
-                     f"prompts, so these numbers depend on which prompts were scored")
+                     "prompts, so these numbers depend on which prompts were scored")
     return "; ".join(lines)
 
 
@@ -387,7 +387,7 @@ def _facts(report: dict) -> list[str]:
              f"seed agreement (mean pairwise Spearman of C, on the {t['agreement_blocks']} blocks every seed has "
              f"run{few}): {_fmt(t['seed_spearman'])}; Spearman-Brown reliability "
              f"of the seed mean: {_fmt(t['reliability'])}; noise ceiling: {_fmt(t['noise_ceiling'])}",
-             f"does the ranking hold on other prompts? Spearman of C on the even-numbered prompts against C on "
+             "does the ranking hold on other prompts? Spearman of C on the even-numbered prompts against C on "
              f"the odd ones: {_split_cell(t)} (same seed / across seeds)",
              f"compared on {len(report['blocks'])} of {t['n_layers']} blocks; intervals: 95 % bootstrap over "
              f"layers ({report['n_boot']} resamples)"]
