@@ -59,8 +59,9 @@ def test_prompt_split_agreement_by_hand():
 
 
 def test_seeds_can_agree_on_a_prompt_set_where_the_ranking_does_not_replicate():
-    """llama-L12-drgrpo's case: each block flips its own prompts up and down, the same ones in every seed, with
-    no net effect to speak of. Scored on one prompt set the seeds agree; on disjoint halves nothing replicates."""
+    """llama-L12-drgrpo's case: each block flips its own random prompts up and down, the same ones in every seed,
+    so its net gain is luck of which prompts it flips. Scored on one prompt set the seeds agree; on disjoint halves
+    nothing replicates."""
     rng = np.random.default_rng(0)
     n, blocks = 400, 12
     base = (rng.random(n) < 0.3).astype(float)
