@@ -105,7 +105,7 @@ def verdict(report: dict) -> str:
                       else ", no noise ceiling")
         lines.append(f"{r['name']}: {head} (Spearman {rho:.2f} vs middle {_fmt(priors['depth prior (middle)'])}, "
                      f"shallower-first {_fmt(priors['shallower first'])}){of_ceiling}; top-1 regret {_fmt(regret)}")
-    held = (report["truth"].get("split_half") or {}).get("same_seed")
+    held = report["truth"]["split_half"]["same_seed"]
     if held is not None and held < MIN_SPLIT_HALF:
         lines.append(f"but the truth's own ranking holds at only {held:.2f} from the even- to the odd-numbered "
                      "prompts, so these numbers depend on which prompts were scored")
@@ -159,8 +159,8 @@ def sweep_row(label: str, summary: dict) -> dict:
 
 
 def _split_cell(summary: dict) -> str:
-    split = summary.get("split_half") or {}
-    return f"{_fmt(split.get('same_seed'))} / {_fmt(split.get('across_seeds'))}"
+    split = summary["split_half"]
+    return f"{_fmt(split['same_seed'])} / {_fmt(split['across_seeds'])}"
 
 
 def seeds_cell(summary: dict) -> str:
