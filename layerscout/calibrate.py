@@ -282,6 +282,15 @@ def weak_gain_reason(gain: float, se: float, min_gain_se: float, full: dict | No
             f"rl.eval_prompts / rl.eval_samples for a smaller standard error{hint}")
 
 
+def flat_blocks_reason(best_z: float, min_gain_se: float) -> str:
+    """Why a seed's C is noise although its full run trained: no single block got going in the steps given
+    (SmolLM2 math, seed 2: its first steps drew almost no reward, and its best block gained 2.5 paired SE)."""
+    return (f"its best single-block run gained {best_z:.1f} paired standard errors (< min_gain_se {min_gain_se:g}), "
+            f"so its C is mostly eval noise although its full run trained: a single block needs more steps to get "
+            f"going (raise steps, or rl.prompts_per_step / rl.num_generations for more groups with a reward to "
+            f"compare)")
+
+
 def _greedy_hid_rise(full: dict) -> str | None:
     """'; its train reward rose ...' when a greedily scored full run's train reward rose (Welch p < 0.01)."""
     from .metrics import reward_rise
@@ -402,6 +411,8 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     final_eval); a seed whose runs were not is undefined, as is one whose full run did not beat the base.
 
     Per sweep: `gain` per seed (S_full - S_base, its paired SE and their ratio z); `weak_seeds` (z < min_gain_se);
+    `block_gain_z` per seed (the median and best paired gain of its single-block runs, in SE) and `flat_seeds`
+    (none of its blocks gained min_gain_se: its C is eval noise even though its full run trained);
     `seed_spearman` (mean pairwise Spearman of C between seeds: the single-seed reliability), `reliability` (its
     Spearman-Brown value for the mean over the seeds) and `noise_ceiling` (sqrt of that: the best Spearman a
     predictor can expect against the mean C); `split_half` (whether the ranking replicates on other prompts: C on
@@ -411,14 +422,14 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     import numpy as np
 
     from .metrics import (layer_contribution, noise_ceiling, paired_bootstrap_contribution, paired_gain,
-                          prompt_split_agreement, seed_spearman, spearman_brown)
+                          paired_z, prompt_split_agreement, seed_spearman, spearman_brown)
 
     by_id = {r["job"]: r for r in records}
     seeds = sorted({j["seed"] for j in planned} | {r["seed"] for r in records})
     blocks = sorted({j["layers"][0] for j in planned if j["layers"]} |
                     {r["layers"][0] for r in records if r["layers"]})
     ids = records[0]["base_eval"]["ids"] if records else []
-    s_base, s_full, gains, undefined, weak, c, rewards = {}, {}, {}, {}, {}, {}, {}
+    s_base, s_full, gains, undefined, weak, flat, block_z, c, rewards = {}, {}, {}, {}, {}, {}, {}, {}, {}
     for seed in seeds:
         runs = {r["job"].split("/", 1)[1]: r for r in records if r["seed"] == seed}
         if runs:
@@ -452,6 +463,10 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
             continue
         rewards[seed] = (base, full, [runs[f"layer-{k}"]["final_eval"]["per_prompt"] if f"layer-{k}" in runs
                                       else [np.nan] * len(base) for k in blocks])
+        z = [paired_z(base, runs[f"layer-{k}"]["final_eval"]["per_prompt"]) for k in scores]
+        block_z[str(seed)] = {"median": _finite(np.median(z)), "best": _finite(max(z))}
+        if min_gain_se > 0 and max(z) < min_gain_se:
+            flat[str(seed)] = flat_blocks_reason(max(z), min_gain_se)
     paired = [np.array([rewards[s][i] for s in rewards]) for i in range(3)]
     low, high = (paired_bootstrap_contribution(*paired, n=n_boot) if rewards and blocks
                  else ([None] * len(blocks),) * 2)
@@ -478,7 +493,8 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
         "algo": first.get("algo"), "n_layers": first.get("num_layers"), "steps": first.get("steps"),
         "eval": _eval_settings(first), "constant_answer": first.get("base_eval", {}).get("constant_answer"),
         "seeds": seeds, "s_base": s_base, "s_full": s_full, "gain": gains,
-        "undefined_seeds": undefined, "weak_seeds": weak, "min_gain_se": min_gain_se, "layers": layers,
+        "undefined_seeds": undefined, "weak_seeds": weak, "min_gain_se": min_gain_se, "block_gain_z": block_z,
+        "flat_seeds": flat, "layers": layers,
         "seed_spearman": agreement, "agreement_blocks": len(common),
         "reliability": _finite(spearman_brown(agreement, len(c))) if agreement is not None else None,
         "noise_ceiling": _finite(noise_ceiling(agreement, len(c))) if agreement is not None else None,

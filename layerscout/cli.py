@@ -540,11 +540,12 @@ def calibrate(model, layers, seeds, steps, config_file, overrides, report_to, ou
     result = cal.run_calibration(config, launcher, part, ray_address, progress=not opts["quiet"])
     summary = result["summary"]
     data = {"ran": result["ran"], "skipped_seeds": result["skipped"], "missing": summary.get("missing"),
-            "seed_spearman": summary.get("seed_spearman"), "noise_ceiling": summary.get("noise_ceiling"),
-            "contributions": f"{config.output}/contributions.json"}
+            "flat_seeds": summary.get("flat_seeds"), "seed_spearman": summary.get("seed_spearman"),
+            "noise_ceiling": summary.get("noise_ceiling"), "contributions": f"{config.output}/contributions.json"}
+    flat = "".join(f"; seed {s}: {why}" for s, why in (data["flat_seeds"] or {}).items())
     _emit(data, opts["as_json"], lambda: _echo(
         f"ran {len(data['ran'])} run(s), {len(data['missing'] or [])} missing, skipped seeds "
-        f"{data['skipped_seeds'] or 'none'}; seed-to-seed Spearman of C: {data['seed_spearman']}; wrote "
+        f"{data['skipped_seeds'] or 'none'}; seed-to-seed Spearman of C: {data['seed_spearman']}{flat}; wrote "
         f"{data['contributions']}"))
 
 

@@ -50,6 +50,13 @@ def paired_gain(base, other) -> tuple[float, float]:
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
+def paired_z(base, other) -> float:
+    """`paired_gain`'s gain in standard errors: 0 where no prompt changed, +-inf where every prompt changed alike.
+    Example: `paired_z([0, 0, 0, 1], [1, 1, 0, 1])` -> sqrt(3)."""
+    gain, se = paired_gain(base, other)
+    return gain / se if se > 0 else float(np.copysign(np.inf, gain)) if gain else 0.0
+
+
 def reward_rise(rewards, share: float = 1 / 3) -> tuple[float, float, float]:
     """Mean train reward over the first and the last `share` of the steps, and Welch's one-sided p that it rose.
 

@@ -73,7 +73,8 @@ def validate(rankings: list, truth_dir: str | Path, output_dir: str | Path, k: i
     plots = [p for name, r in named for p in _plots(name, r, blocks, truth, out)]
     report = {"truth": {key: truth[key] for key in ("directory", "model", "task", "task_versions", "algo",
                                                     "n_layers", "seeds", "s_base", "s_full", "gain",
-                                                    "undefined_seeds", "weak_seeds", "seed_spearman", "reliability",
+                                                    "undefined_seeds", "weak_seeds", "block_gain_z", "flat_seeds",
+                                                    "seed_spearman", "reliability",
                                                     "noise_ceiling", "split_half", "agreement_blocks", "missing")}
                         | {"constant_answer": truth.get("constant_answer")},  # absent in sweeps before it
               "blocks": blocks, "true_contribution": true_c.tolist(), "k": k, "n_boot": n_boot, "seed": seed,
@@ -165,12 +166,14 @@ def _split_cell(summary: dict) -> str:
 
 def seeds_cell(summary: dict) -> str:
     """How many seeds the C vector stands on, and why any other is not in it yet: "2 of 3 (30 runs to go)",
-    "2 of 3 (seed 2 gated at 2.3 SE)". A sweep still running, or a gated seed, must not pass for a full one."""
+    "2 of 3 (seed 2 gated at 2.3 SE)", or why one in it is noise: "3 (seed 2's best block 2.5 SE)". A sweep still
+    running, a gated seed or a flat one must not pass for a full one."""
     seeds = [str(s) for s in summary["seeds"]]
     defined = [s for s in seeds if s not in summary["undefined_seeds"]]
     gated = [s for s in seeds if s in summary["weak_seeds"] and s in summary["undefined_seeds"]]
     to_go = [j for j in summary["missing"] if j.split("/", 1)[0] not in gated]
     notes = [f"seed {s} gated at {summary['gain'][s]['z']:.1f} SE" for s in gated]
+    notes += [f"seed {s}'s best block {summary['block_gain_z'][s]['best']:.1f} SE" for s in summary["flat_seeds"]]
     notes += [f"{len(to_go)} run{'s' * (len(to_go) != 1)} to go"] if to_go else []
     count = str(len(defined)) if len(defined) == len(seeds) else f"{len(defined)} of {len(seeds)}"
     return count + (f" ({'; '.join(notes)})" if notes else "")
@@ -378,11 +381,14 @@ def _facts(report: dict) -> list[str]:
     t = report["truth"]
     c = ", ".join(f"{k}: {_fmt(v)}" for k, v in zip(report["blocks"], report["true_contribution"]))
     gains = ", ".join(f"seed {s}: {g['gain']:+.3f} ({_fmt(g['z'])} SE)" for s, g in t["gain"].items()) or "–"
+    blocks = ", ".join(f"seed {s}: {_fmt(z['median'])} (best {_fmt(z['best'])})"
+                       for s, z in t["block_gain_z"].items()) or "–"
     few = "" if t["agreement_blocks"] >= MIN_AGREEMENT_BLOCKS else f"; it needs {MIN_AGREEMENT_BLOCKS}"
     facts = [f"truth: {t['directory']} — {t['model']}, task {t['task']} (versions {t['task_versions']}), "
              f"{t['algo']}, {t['n_layers']} layers, seeds {t['seeds']}",
              f"S_base per seed: {_per_seed(t['s_base'])}; S_full per seed: {_per_seed(t['s_full'])}",
              f"full-run gain per seed (paired SE): {gains}",
+             f"single-block runs' gain per seed, median over blocks (paired SE): {blocks}",
              f"true C(k) (mean over seeds): {c}",
              f"seed agreement (mean pairwise Spearman of C, on the {t['agreement_blocks']} blocks every seed has "
              f"run{few}): {_fmt(t['seed_spearman'])}; Spearman-Brown reliability "
@@ -398,6 +404,7 @@ def _facts(report: dict) -> list[str]:
         facts.append(f"missing runs ({len(t['missing'])}): {', '.join(t['missing'])}")
     facts += [f"seed {s}: C undefined — {why}" for s, why in t["undefined_seeds"].items()]
     facts += [f"seed {s}: weak — {why}" for s, why in t["weak_seeds"].items()]
+    facts += [f"seed {s}: flat — {why}" for s, why in t["flat_seeds"].items()]
     return facts
 
 

@@ -261,6 +261,11 @@ def test_contributions_by_hand():
     assert out["gain"]["0"] == pytest.approx({"gain": 0.5, "se": 3 ** -0.5 / 2, "z": 3 ** 0.5})
     assert out["gain"]["1"] == pytest.approx({"gain": 0.75, "se": 0.25, "z": 3.0})
     assert list(out["weak_seeds"]) == ["0"] and "1.7 paired standard errors" in out["weak_seeds"]["0"]
+    # blocks against the base: seed 0 d = (1,1,0,0), (1,0,0,0), 0: z = sqrt(3), 1, 0; seed 1 d = (1,0,0,0),
+    # (1,1,1,0), (0,0,0,-1): z = 1, 3, -1. Seed 0's best block is under min_gain_se 2: flat
+    assert out["block_gain_z"]["0"] == pytest.approx({"median": 1.0, "best": 3 ** 0.5})
+    assert out["block_gain_z"]["1"] == pytest.approx({"median": 1.0, "best": 3.0})
+    assert list(out["flat_seeds"]) == ["0"] and "gained 1.7 paired standard errors" in out["flat_seeds"]["0"]
     assert out["seed_spearman"] == pytest.approx(0.5)                 # ranks 3,2,1 vs 2,3,1
     assert out["reliability"] == pytest.approx(2 / 3)                  # Spearman-Brown: 2 * 0.5 / 1.5
     assert out["noise_ceiling"] == pytest.approx((2 / 3) ** 0.5)

@@ -8,9 +8,9 @@ import pytest
 
 from layerscout.errors import LayerscoutError
 from layerscout.metrics import (bootstrap_ci, kendall, layer_contribution, ndcg, noise_ceiling,
-                                paired_bootstrap_contribution, paired_gain, prompt_split_agreement, random_expectation,
-                                reward_rise, seed_spearman, spearman, spearman_brown, top1_recovered, top1_regret,
-                                topk_overlap)
+                                paired_bootstrap_contribution, paired_gain, paired_z, prompt_split_agreement,
+                                random_expectation, reward_rise, seed_spearman, spearman, spearman_brown,
+                                top1_recovered, top1_regret, topk_overlap)
 
 
 def test_reward_rise_by_hand():
@@ -32,6 +32,12 @@ def test_paired_gain_by_hand():
     assert paired_gain([0.25, 0.5, 0.0], [0.75, 0.5, 0.25])[0] == pytest.approx(0.25)
     with pytest.raises(LayerscoutError, match="equal-length"):
         paired_gain([0, 1], [0, 1, 1])
+
+
+def test_paired_z_by_hand():
+    assert paired_z([0, 0, 0, 1], [1, 1, 0, 1]) == pytest.approx(3 ** 0.5)  # d = 1,1,0,0: 0.5 / (0.577 / 2)
+    assert paired_z([0, 1], [0, 1]) == 0.0                                  # nothing changed
+    assert paired_z([0, 0], [1, 1]) == float("inf")                         # every prompt flipped alike
 
 
 def test_spearman_brown_and_noise_ceiling_by_hand():

@@ -113,6 +113,10 @@ def test_all_outputs_exist(truth, ranking_file, tmp_path):
                                   "shallower-first 0.60), 89 % of the noise ceiling 1.00; top-1 regret 0.25")
     assert "noise ceiling: sqrt of its Spearman-Brown reliability" in md and "*Predicted rank (x) against" in md
     assert "C on the even-numbered prompts against C on the odd ones: 1.00 / 1.00 (same seed / across seeds)" in md
+    # blocks solve 4, 8, 10, 6, 2, 0 more of the 20 prompts: m flips give z = (m / 20) / sqrt(m (20 - m) / 380 / 20),
+    # 2.18, 3.56, 4.36, 2.85, 1.45, 0; seed 1 lacks the last block
+    assert ("single-block runs' gain per seed, median over blocks (paired SE): seed 0: 2.52 (best 4.36), seed 1: "
+            "2.85 (best 4.36)") in md
     assert page.count("<figcaption>") == 3 and "Verdict:" in page
 
 
@@ -172,9 +176,17 @@ def test_compare_says_which_seeds_the_c_vector_stands_on(tmp_path):
     record = json.loads(full.read_text())
     record["final_eval"], record["final_score"] = _eval(0.35), 0.35  # 7 of 20 solved against 4: gain 0.15
     write_json(full, record)
-    rows = compare([running, gated, write_truth(tmp_path / "done", skip=())])["sweeps"]
-    # gated: d = 1 on 3 of 20 prompts, se = sqrt(3/20 * 17/20 * 20/19) / sqrt(20) = 0.0819, z = 1.83 < 3
-    assert [row["seeds"] for row in rows] == ["1 of 2 (6 runs to go)", "1 of 2 (seed 1 gated at 1.8 SE)", "2"]
+    flat = write_truth(tmp_path / "flat", skip=())
+    for k in range(6):  # seed 1's full run trained, but no block solved more than one extra prompt
+        block = flat / "runs" / "1" / f"layer-{k}.json"
+        record = json.loads(block.read_text())
+        record["final_eval"], record["final_score"] = _eval(0.2 + 0.05 * (k % 2)), 0.2 + 0.05 * (k % 2)
+        write_json(block, record)
+    rows = compare([running, gated, write_truth(tmp_path / "done", skip=()), flat])["sweeps"]
+    # gated: d = 1 on 3 of 20 prompts, se = sqrt(3/20 * 17/20 * 20/19) / sqrt(20) = 0.0819, z = 1.83 < 3;
+    # flat: d = 1 on one prompt, se = sqrt(1/20 * 19/20 * 20/19) / sqrt(20) = 0.05, z = 1.0 < 3
+    assert [row["seeds"] for row in rows] == ["1 of 2 (6 runs to go)", "1 of 2 (seed 1 gated at 1.8 SE)", "2",
+                                              "2 (seed 1's best block 1.0 SE)"]
 
 
 def write_parity_truth(directory):
