@@ -166,14 +166,14 @@ def _split_cell(summary: dict) -> str:
 
 def seeds_cell(summary: dict) -> str:
     """How many seeds the C vector stands on, and why any other is not in it yet: "2 of 3 (30 runs to go)",
-    "2 of 3 (seed 2 gated at 2.3 SE)", or why one in it is noise: "3 (seed 2's best block 2.5 SE)". A sweep still
+    "2 of 3 (seed 2 gated at 2.3 SE)", or why one in it is noise: "3 (seed 2 flat: best block 2.5 SE)". A sweep still
     running, a gated seed or a flat one must not pass for a full one."""
     seeds = [str(s) for s in summary["seeds"]]
     defined = [s for s in seeds if s not in summary["undefined_seeds"]]
     gated = [s for s in seeds if s in summary["weak_seeds"] and s in summary["undefined_seeds"]]
     to_go = [j for j in summary["missing"] if j.split("/", 1)[0] not in gated]
     notes = [f"seed {s} gated at {summary['gain'][s]['z']:.1f} SE" for s in gated]
-    notes += [f"seed {s}'s best block {summary['block_gain_z'][s]['best']:.1f} SE" for s in summary["flat_seeds"]]
+    notes += [f"seed {s} flat: best block {summary['block_gain_z'][s]['best']:.1f} SE" for s in summary["flat_seeds"]]
     notes += [f"{len(to_go)} run{'s' * (len(to_go) != 1)} to go"] if to_go else []
     count = str(len(defined)) if len(defined) == len(seeds) else f"{len(defined)} of {len(seeds)}"
     return count + (f" ({'; '.join(notes)})" if notes else "")

@@ -186,7 +186,7 @@ def test_compare_says_which_seeds_the_c_vector_stands_on(tmp_path):
     # gated: d = 1 on 3 of 20 prompts, se = sqrt(3/20 * 17/20 * 20/19) / sqrt(20) = 0.0819, z = 1.83 < 3;
     # flat: d = 1 on one prompt, se = sqrt(1/20 * 19/20 * 20/19) / sqrt(20) = 0.05, z = 1.0 < 3
     assert [row["seeds"] for row in rows] == ["1 of 2 (6 runs to go)", "1 of 2 (seed 1 gated at 1.8 SE)", "2",
-                                              "2 (seed 1's best block 1.0 SE)"]
+                                              "2 (seed 1 flat: best block 1.0 SE)"]
 
 
 def write_parity_truth(directory):
