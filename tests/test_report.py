@@ -4,12 +4,13 @@ format with per-prompt rewards on 20 prompts, C known exactly). Run: pytest test
 import json
 import math
 
+import numpy as np
 import pytest
 
 from layerscout.errors import LayerscoutError
 from layerscout.ranking import LayerRanking, LayerScore
 from layerscout.records import write_json
-from layerscout.report import compare, validate
+from layerscout.report import bars_figure, compare, validate
 
 MODEL = "/cache/organisms/qwen3-L6-math-s0-abcd1234"
 C = [0.5, 1.0, 1.25, 0.75, 0.25, 0.0]  # true contribution per block, both seeds
@@ -237,3 +238,16 @@ def test_the_constant_answer_score_is_stated(truth, ranking_file, tmp_path):
     report = validate([ranking_file], truth, tmp_path / "out", n_boot=50)
     assert report["truth"]["constant_answer"] == {"answer": "1", "score": 0.77}
     assert "- a constant answer, '1' to every prompt, scores 0.77" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_bars_plot_shows_small_contributions():
+    """SmolLM2's C of 0.02-0.06 sat flat on the axis under a C = 1 line (calibration/reports)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    small = bars_figure(plt, "r", [0, 1, 2], np.array([0.03, 0.06, 0.02]), np.array([0.01, 0.02, 0.01]), np.ones(3))
+    assert small.axes[0].get_ylim()[1] < 0.2
+    large = bars_figure(plt, "r", [0, 1, 2], np.array([0.5, 0.8, 0.3]), np.zeros(3), np.ones(3))
+    assert large.axes[0].get_ylim()[1] > 1.0  # the C = 1 line is in view
+    plt.close("all")
