@@ -278,8 +278,8 @@ def _json_float(x: float) -> float | None:
 # ---------------------------------------------------------------- plots
 
 CAPTIONS = {
-    "bars": "Top: true C(k) per block (mean over seeds, error bar: spread across seeds; dashed line: C = 1, as much "
-            "as full-parameter RL, drawn where C comes within half of it). Bottom: the ranking's predicted score per block.",
+    "bars": "Top: true C(k) per block (mean over seeds, error bar: spread across seeds; dashed line, drawn where C "
+            "reaches 0.5: C = 1, as much as full-parameter RL). Bottom: the ranking's predicted score per block.",
     "scatter": "Each block's predicted score (x) against its true C(k) (y), labelled by block index: a perfect "
                "predictor puts the points in increasing order.",
     "ranks": "Predicted rank (x) against true rank (y), 1 = best; points on the dashed diagonal are ranked exactly.",
