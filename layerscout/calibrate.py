@@ -464,9 +464,10 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
         rewards[seed] = (base, full, [runs[f"layer-{k}"]["final_eval"]["per_prompt"] if f"layer-{k}" in runs
                                       else [np.nan] * len(base) for k in blocks])
         z = [paired_z(base, runs[f"layer-{k}"]["final_eval"]["per_prompt"]) for k in scores]
-        block_z[str(seed)] = {"median": _finite(np.median(z)), "best": _finite(max(z))}
-        if min_gain_se > 0 and max(z) < min_gain_se:
-            flat[str(seed)] = flat_blocks_reason(max(z), min_gain_se)
+        best = max(z)
+        block_z[str(seed)] = {"median": _finite(np.median(z)), "best": _finite(best)}
+        if min_gain_se > 0 and best < min_gain_se:
+            flat[str(seed)] = flat_blocks_reason(best, min_gain_se)
     paired = [np.array([rewards[s][i] for s in rewards]) for i in range(3)]
     low, high = (paired_bootstrap_contribution(*paired, n=n_boot) if rewards and blocks
                  else ([None] * len(blocks),) * 2)
