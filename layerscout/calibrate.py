@@ -275,7 +275,9 @@ def weak_gain_reason(gain: float, se: float, min_gain_se: float, full: dict | No
     """Why a seed's single-block runs are not worth running, and what to raise. Given the full run's record, it
     also says when greedy scoring may hide a rise in train reward (SmolLM2 on chain_sum: greedy -0.8 paired SE,
     the same run scored on 4 samples per prompt +2.9; calibration/README.md)."""
-    z = gain / se if se > 0 else float("inf") if gain > 0 else 0.0
+    from .metrics import gain_z
+
+    z = gain_z(gain, se)
     hint = (_greedy_hid_rise(full) if full else None) or ""
     return (f"the full run gained {gain:+.3f} = {z:.1f} paired standard errors (< min_gain_se {min_gain_se:g}), so "
             f"C would be mostly noise: raise steps or rl.learning_rate (tune it on the full run), or "
@@ -421,7 +423,7 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     """
     import numpy as np
 
-    from .metrics import (layer_contribution, noise_ceiling, paired_bootstrap_contribution, paired_gain,
+    from .metrics import (gain_z, layer_contribution, noise_ceiling, paired_bootstrap_contribution, paired_gain,
                           paired_z, prompt_split_agreement, seed_spearman, spearman_brown)
 
     by_id = {r["job"]: r for r in records}
@@ -447,7 +449,7 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
         base, full = runs["full"]["base_eval"]["per_prompt"], runs["full"]["final_eval"]["per_prompt"]
         s_full[str(seed)] = runs["full"]["final_score"]
         gain, se = paired_gain(base, full)
-        gains[str(seed)] = {"gain": gain, "se": se, "z": gain / se if se > 0 else None}
+        gains[str(seed)] = {"gain": gain, "se": se, "z": _finite(gain_z(gain, se))}
         scores = {k: runs[f"layer-{k}"]["final_score"] for k in blocks if f"layer-{k}" in runs}
         try:
             c[seed] = dict(zip(scores, layer_contribution(list(scores.values()), s_base[str(seed)],

@@ -51,9 +51,13 @@ def paired_gain(base, other) -> tuple[float, float]:
 
 
 def paired_z(base, other) -> float:
-    """`paired_gain`'s gain in standard errors: 0 where no prompt changed, +-inf where every prompt changed alike.
-    Example: `paired_z([0, 0, 0, 1], [1, 1, 0, 1])` -> sqrt(3)."""
-    gain, se = paired_gain(base, other)
+    """`paired_gain`'s gain in standard errors (`gain_z`). Example: `paired_z([0, 0, 0, 1], [1, 1, 0, 1])` -> sqrt(3)."""
+    return gain_z(*paired_gain(base, other))
+
+
+def gain_z(gain: float, se: float) -> float:
+    """gain / se: 0 where nothing changed (both 0), +-inf where every prompt changed alike (se 0, gain not).
+    The one place a gain is put in standard errors (the calibrate gate, flat seeds, contributions.json)."""
     return gain / se if se > 0 else float(np.copysign(np.inf, gain)) if gain else 0.0
 
 

@@ -200,14 +200,17 @@ ORGANISM_RL = dict(learning_rate=3e-4, prompts_per_step=8, max_completion_length
 
 
 def test_sweep_on_the_organism_trains_to_a_defined_contribution(organism_path, tmp_path):
-    """40 GRPO steps at lr 3e-4 lift the organism's sampled accuracy by ~0.14 (6 paired SE, measured): C is
-    defined, each block's C sits inside its paired-bootstrap interval, the gate lets the seed through."""
+    """40 GRPO steps at lr 3e-4 lift the organism's sampled accuracy: C is defined, and each block's C sits inside
+    its paired-bootstrap interval. How far they lift it depends on the CPU: float summation order differs between
+    kernels, and so do the SFT'd organism and its RL trajectory. Measured: +0.14 (6 paired SE) on the machine that
+    first ran it; +0.018, +0.029, +0.088 and +0.041 (0.9-3.9 SE) for seeds 0-3 on an AVX-512 one. So this test
+    asserts a gain, not the gate's 3 SE (min_gain_se 0 here; the gate has its own test below)."""
     result = run_calibration(CalibrationConfig(model=str(organism_path), seeds=[0], layers="0,5", steps=40,
-                                               rl=ORGANISM_RL, output=str(tmp_path)), progress=False)
+                                               rl=ORGANISM_RL, output=str(tmp_path), min_gain_se=0.0), progress=False)
     summary = result["summary"]
     assert result["ran"] == ["0/full", "0/layer-0", "0/layer-5"] and result["skipped"] == {}
     gain = summary["gain"]["0"]
-    assert gain["gain"] > 3 * gain["se"] > 0 and not summary["weak_seeds"] and not summary["undefined_seeds"]
+    assert gain["gain"] > 0 < gain["se"] and not summary["undefined_seeds"]
     assert summary["eval"] == {"n": 128, "num_samples": 4, "greedy": False}
     for block in summary["layers"]:
         low, high = block["ci"]
@@ -315,6 +318,11 @@ def test_a_weak_seed_says_when_greedy_scoring_hid_a_rise_in_train_reward():
     sampled = {**full, "final_eval": {**full["final_eval"], "greedy": False, "num_samples": 4}}
     for rec in (flat, sampled):
         assert "train reward" not in weak_gain_reason(0.25, 0.25, 3.0, rec)
+
+
+def test_a_weak_seed_that_lost_on_every_prompt_says_so():
+    """A full run that lost alike on every prompt (se 0) was put at 0 standard errors, as if nothing changed."""
+    assert "gained -0.100 = -inf paired standard errors" in weak_gain_reason(-0.1, 0.0, 3.0)
 
 
 def test_runs_scored_on_other_prompts_make_a_seed_undefined():

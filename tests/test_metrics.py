@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from layerscout.errors import LayerscoutError
-from layerscout.metrics import (bootstrap_ci, kendall, layer_contribution, ndcg, noise_ceiling,
+from layerscout.metrics import (bootstrap_ci, gain_z, kendall, layer_contribution, ndcg, noise_ceiling,
                                 paired_bootstrap_contribution, paired_gain, paired_z, prompt_split_agreement,
                                 random_expectation, reward_rise, seed_spearman, spearman, spearman_brown,
                                 top1_recovered, top1_regret, topk_overlap)
@@ -38,6 +38,12 @@ def test_paired_z_by_hand():
     assert paired_z([0, 0, 0, 1], [1, 1, 0, 1]) == pytest.approx(3 ** 0.5)  # d = 1,1,0,0: 0.5 / (0.577 / 2)
     assert paired_z([0, 1], [0, 1]) == 0.0                                  # nothing changed
     assert paired_z([0, 0], [1, 1]) == float("inf")                         # every prompt flipped alike
+
+
+def test_gain_z_by_hand():
+    assert gain_z(0.5, 0.25) == 2.0
+    assert gain_z(0.0, 0.0) == 0.0               # nothing changed
+    assert gain_z(-0.1, 0.0) == float("-inf")    # every prompt lost alike: as far below as it can be, not 0
 
 
 def test_spearman_brown_and_noise_ceiling_by_hand():

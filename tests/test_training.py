@@ -366,23 +366,26 @@ def test_models_from_50m_parameters_get_micro_batches_of_8():
 
 
 def test_accumulated_micro_batches_give_the_one_batch_update(tok, tmp_path, monkeypatch):
-    """The automatic accumulation (here forced onto the small model) trains the block as one 32-completion
-    backward does: same rollouts, same loss, updates equal up to float summation order."""
+    """The automatic accumulation (here forced onto the small model) trains the block as one 16-completion
+    backward does: same rollouts, same loss, updates equal up to float summation order.
+    Plain SGD, so the update is lr x gradient: Adam's first step is lr x sign(gradient), which hides a wrongly
+    scaled loss and turns summation-order noise in near-zero gradients into +-lr (it failed so on an AVX-512 CPU)."""
     import layerscout.config as config_module
 
-    cfg = dict(max_steps=1, prompts_per_step=4, num_generations=4, save_steps=0)
+    cfg = dict(max_steps=1, prompts_per_step=4, num_generations=4, save_steps=0, learning_rate=1.0,
+               trl={"optim": "sgd"})  # lr 1: updates well above the float32 rounding of the weights they move
     one, plain = train(tok, tmp_path / "one", **cfg)
     monkeypatch.setattr(config_module, "CHECKPOINT_FROM_PARAMS", 1)
     accumulated, record = train(tok, tmp_path / "acc", **cfg)
-    assert record["config"]["trl"] == {"gradient_accumulation_steps": 2}        # 16 completions in micro-batches of 8
-    assert "trl" not in plain["config"] or not plain["config"]["trl"]
+    assert record["config"]["trl"] == {"optim": "sgd", "gradient_accumulation_steps": 2}  # micro-batches of 8
+    assert plain["config"]["trl"] == {"optim": "sgd"}
     prefix = layer_prefix(one, LAYER)
     base = fresh(tok).state_dict()
     for name, tensor in accumulated.state_dict().items():
         if name.startswith(prefix):
             moved = one.state_dict()[name] - base[name]
-            assert torch.allclose(tensor - base[name], moved, rtol=1e-3, atol=1e-7), name
             assert moved.abs().max() > 0
+            assert torch.allclose(tensor - base[name], moved, rtol=1e-3, atol=1e-4 * moved.abs().max()), name
 
 
 def test_trl_block_errors_name_the_field():
