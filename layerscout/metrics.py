@@ -51,7 +51,8 @@ def paired_gain(base, other) -> tuple[float, float]:
 
 
 def paired_z(base, other) -> float:
-    """`paired_gain`'s gain in standard errors (`gain_z`). Example: `paired_z([0, 0, 0, 1], [1, 1, 0, 1])` -> sqrt(3)."""
+    """`paired_gain`'s gain in standard errors (`gain_z`).
+    Example: `paired_z([0, 0, 0, 1], [1, 1, 0, 1])` -> sqrt(3)."""
     return gain_z(*paired_gain(base, other))
 
 

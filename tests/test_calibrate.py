@@ -210,7 +210,7 @@ def test_sweep_on_the_organism_trains_to_a_defined_contribution(organism_path, t
     summary = result["summary"]
     assert result["ran"] == ["0/full", "0/layer-0", "0/layer-5"] and result["skipped"] == {}
     gain = summary["gain"]["0"]
-    assert gain["gain"] > 0 < gain["se"] and not summary["undefined_seeds"]
+    assert gain["gain"] > 0 and gain["se"] > 0 and not summary["undefined_seeds"]
     assert summary["eval"] == {"n": 128, "num_samples": 4, "greedy": False}
     for block in summary["layers"]:
         low, high = block["ci"]
