@@ -412,14 +412,15 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     counts as missing. Every run must have been scored on the same prompts (per-prompt rewards in base_eval /
     final_eval); a seed whose runs were not is undefined, as is one whose full run did not beat the base.
 
-    Per sweep: `gain` per seed (S_full - S_base, its paired SE and their ratio z); `weak_seeds` (z < min_gain_se);
-    `block_gain_z` per seed (the median and best paired gain of its single-block runs, in SE) and `flat_seeds`
-    (none of its blocks gained min_gain_se: its C is eval noise even though its full run trained);
-    `seed_spearman` (mean pairwise Spearman of C between seeds: the single-seed reliability), `reliability` (its
-    Spearman-Brown value for the mean over the seeds) and `noise_ceiling` (sqrt of that: the best Spearman a
-    predictor can expect against the mean C); `split_half` (whether the ranking replicates on other prompts: C on
-    the even-numbered prompts against C on the odd ones, `same_seed` and `across_seeds`); `priors` (the free
-    rankings' Spearman).
+    Per sweep: `model_fingerprint` (records.model_fingerprint of the base model, from the first record; `validate`
+    refuses a ranking made on other weights); `gain` per seed (S_full - S_base, its paired SE and their ratio z);
+    `weak_seeds` (z < min_gain_se); `block_gain_z` per seed (the median and best paired gain of its single-block
+    runs, in SE) and `flat_seeds` (none of its blocks gained min_gain_se: its C is eval noise even though its full
+    run trained); `seed_spearman` (mean pairwise Spearman of C between seeds: the single-seed reliability),
+    `reliability` (its Spearman-Brown value for the mean over the seeds) and `noise_ceiling` (sqrt of that: the best
+    Spearman a predictor can expect against the mean C); `split_half` (whether the ranking replicates on other
+    prompts: C on the even-numbered prompts against C on the odd ones, `same_seed` and `across_seeds`); `priors` (the
+    free rankings' Spearman).
     """
     import numpy as np
 
@@ -491,7 +492,7 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     agreement = (_finite(seed_spearman([[c[s][k] for k in common] for s in c]))
                  if len(common) >= MIN_AGREEMENT_BLOCKS else None)
     return {
-        "model": first.get("model"), "task": first.get("task"),
+        "model": first.get("model"), "model_fingerprint": first.get("model_fingerprint"), "task": first.get("task"),
         "task_versions": sorted({r["task_version"] for r in records if "task_version" in r}),
         "algo": first.get("algo"), "n_layers": first.get("num_layers"), "steps": first.get("steps"),
         "eval": _eval_settings(first), "constant_answer": first.get("base_eval", {}).get("constant_answer"),

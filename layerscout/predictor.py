@@ -126,6 +126,7 @@ def load_sweep(directory: str | Path, ranking: str | Path | None = None) -> Swee
     (`ranking`, default DIR/ranking.json, made by `layerscout rank`)."""
     from .calibrate import SUMMARY
     from .ranking import LayerRanking
+    from .records import fingerprint_mismatch
 
     directory = Path(directory)
     summary_path = directory / SUMMARY
@@ -136,6 +137,8 @@ def load_sweep(directory: str | Path, ranking: str | Path | None = None) -> Swee
     if len(ranked.layers) != summary["n_layers"]:
         raise LayerscoutError(f"{directory}: the ranking has {len(ranked.layers)} layers, the sweep "
                               f"{summary['n_layers']}")
+    if why := fingerprint_mismatch(ranked.model_fingerprint, summary.get("model_fingerprint"), missing_ok=True):
+        raise LayerscoutError(f"{directory}: the ranking was made on another model than the sweep ({why})")
     names = sorted(ranked.layers[0].signals)
     by_index = {s.index: s for s in ranked.layers}
     signals = {n: np.array([by_index[k].signals[n] for k in range(summary["n_layers"])], dtype=float)

@@ -93,12 +93,13 @@ def model_fingerprint(model) -> dict:
     return {"config": digest, "params": sum(p.numel() for _, p in model.named_parameters()), "sample": sample}
 
 
-def fingerprint_mismatch(a: dict | None, b: dict | None) -> str | None:
-    """Why fingerprints `a` and `b` are of different models, or None when they match."""
+def fingerprint_mismatch(a: dict | None, b: dict | None, missing_ok: bool = False) -> str | None:
+    """Why fingerprints `a` and `b` are of different models, or None when they match. A side with none recorded
+    (a record from before fingerprints were kept) is a mismatch unless `missing_ok`: then nothing can be checked."""
     import math
 
     if not a or not b:
-        return "no model fingerprint recorded"
+        return None if missing_ok else "no model fingerprint recorded"
     if a.get("config") != b.get("config") or a.get("params") != b.get("params"):
         return "the architecture (config or parameter shapes) differs"
     sa, sb = a.get("sample") or [], b.get("sample") or []

@@ -204,11 +204,17 @@ def _named_rankings(rankings: list) -> list[tuple[str, LayerRanking]]:
 
 
 def _check_same_model(name: str, ranking: LayerRanking, truth: dict, truth_dir) -> None:
-    """Same depth, and the same model by path or by its last path part (hub id vs. a local copy of it)."""
+    """Same depth, the same model by path or by its last path part (hub id vs. a local copy of it), and the same
+    weights where both record a fingerprint (an organism rebuilt on another CPU keeps its path, not its weights)."""
+    from .records import fingerprint_mismatch
+
     if len(ranking.layers) != truth["n_layers"] or Path(ranking.model).name != Path(truth["model"]).name:
         raise LayerscoutError(
             f"ranking {name} is for {ranking.model} ({len(ranking.layers)} layers) but the truth in {truth_dir} "
             f"is for {truth['model']} ({truth['n_layers']} layers)")
+    if why := fingerprint_mismatch(ranking.model_fingerprint, truth.get("model_fingerprint"), missing_ok=True):
+        raise LayerscoutError(f"ranking {name} was made on another model than the truth in {truth_dir} ({why}), "
+                              f"though both name {truth['model']}: rank the model the sweep ran on")
 
 
 def _stale(ranking: LayerRanking, truth: dict) -> str | None:

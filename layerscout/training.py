@@ -63,7 +63,8 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
     _write_run_config(out, identity)
     trainable, base_state = _setup_freeze(model, layers, config)
     with _progress_bars(progress):
-        base_eval = _base_eval(model, tokenizer, task, config, Path(base_eval_cache or out / BASE_EVAL))
+        base_eval = _base_eval(model, tokenizer, task, config, Path(base_eval_cache or out / BASE_EVAL),
+                               identity["model_fingerprint"])
         trainer, timer = _setup_trainer(model, tokenizer, task, config, out, trainable, in_memory, progress,
                                         callbacks or [])
         log.info("training %s for %d steps (%s)%s", f"blocks {layers}" if layers is not None else "all parameters",
@@ -71,7 +72,8 @@ def train_layers(model: Any, task: Any, layers: list[int] | None, config: RLConf
         trainer.train(resume_from_checkpoint=checkpoint)
         final_eval = _evaluate(model, tokenizer, task, config)
         record = {**_record(model, task, layers, config, base_id, trainable, base_state, base_eval, final_eval,
-                            trainer, timer, checkpoint, out, start), **(extra_record or {})}
+                            trainer, timer, checkpoint, out, start),
+                  "model_fingerprint": identity["model_fingerprint"], **(extra_record or {})}
         if is_main_process():
             _save_outputs(model, tokenizer, layers, base_state, record, out, save_model)
     return record
@@ -288,21 +290,28 @@ def _setup_freeze(model, layers: list[int] | None, config: RLConfig) -> tuple[li
     return trainable, {} if layers is None else {n: own[n].detach().to("cpu", copy=True) for n in trainable}
 
 
-def _base_eval(model, tokenizer, task, config: RLConfig, cached: Path) -> dict:
+def _base_eval(model, tokenizer, task, config: RLConfig, cached: Path, fingerprint: dict) -> dict:
     """The base model's held-out score, cached in `cached` (written atomically) so a resumed run, or every run
-    of a calibration sweep, does not re-score it. Warns when a constant answer beats it."""
+    of a calibration sweep, does not re-score it. A cache made on another model (`fingerprint`, the base
+    model's records.model_fingerprint) is refused, not reused: a sweep resumed on a model that came out
+    different (an organism rebuilt on another CPU) would mix its gains with the first model's. A cache from
+    before fingerprints were kept has nothing to check. Warns when a constant answer beats the base model."""
     from .evaluate import constant_warning
-    from .records import write_json
+    from .records import fingerprint_mismatch, write_json
 
     settings = {"task": task.name, "task_version": task.version, "task_options": task.config,
                 "n": config.eval_prompts, "seed": _eval_seed(config), "num_samples": config.eval_samples,
                 "temperature": config.temperature, "max_new_tokens": config.max_completion_length}
     settings = json.loads(json.dumps(settings))
     if cached.exists() and (saved := json.loads(cached.read_text())).get("settings") == settings:
+        if why := fingerprint_mismatch(saved.get("model_fingerprint"), fingerprint, missing_ok=True):
+            raise LayerscoutError(f"{cached} holds the base score of another model ({why}), so runs on this one "
+                                  "would not compare with the runs scored against it: use the model it was made "
+                                  "on, or another output dir")
         return saved["result"]
     result = _evaluate(model, tokenizer, task, config)
     if is_main_process():
-        write_json(cached, {"settings": settings, "result": result})
+        write_json(cached, {"settings": settings, "model_fingerprint": fingerprint, "result": result})
     if warning := constant_warning(result):
         log.warning("%s: %s", task.name, warning)
     return result

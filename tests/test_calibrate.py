@@ -129,6 +129,27 @@ def test_corrupted_record_is_skipped_then_rerun(resumed, tmp_path):
     assert (copy / "runs/0/layer-0.json").read_bytes() == kept
 
 
+def test_a_sweep_resumed_on_a_model_that_came_out_different_is_refused(tiny_model, tmp_path):
+    """The same path, other weights (an organism rebuilt on another CPU): the sweep's cached base score belongs to
+    the first model, so resuming on the second must fail, not mix the two models' gains."""
+    from transformers import AutoModelForCausalLM
+
+    from layerscout.organisms import build_model, build_tokenizer
+    from layerscout.records import model_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    cfg = config(str(model), tmp_path / "sweep", layers="0")
+    run_calibration(cfg, progress=False)
+    full = records(tmp_path / "sweep")["0/full"]
+    assert full["model_fingerprint"] == model_fingerprint(AutoModelForCausalLM.from_pretrained(model))  # the base's
+    (tmp_path / "sweep/runs/0/layer-0.json").unlink()
+    build_model("qwen3", 2, len(build_tokenizer()), seed=1, hidden_size=32).save_pretrained(model)  # same shape
+    with pytest.raises(LayerscoutError, match=r"base_eval\.json holds the base score of another model \(the weights"):
+        run_calibration(cfg, progress=False)
+    assert not (tmp_path / "sweep/runs/0/layer-0.json").exists()
+
+
 def test_shards_partition_the_jobs_full_runs_first(tiny_model, tmp_path):
     planned = jobs(config(tiny_model, tmp_path, seeds=[0, 1]))
     assert [j["id"] for j in planned] == ["0/full", "1/full", "0/layer-0", "0/layer-1", "1/layer-0", "1/layer-1"]

@@ -113,6 +113,23 @@ def write_sweep_dir(directory, sweep):
     return directory
 
 
+def test_a_sweep_whose_ranking_was_made_on_other_weights_is_refused(tmp_path):
+    import json
+
+    from layerscout.predictor import load_sweep
+    from layerscout.records import write_json
+
+    d = write_sweep_dir(tmp_path / "s", synthetic()[0])
+    fp = {"config": "c0ffee", "params": 10, "sample": [0.1, -0.2]}
+    summary = json.loads((d / "contributions.json").read_text())
+    write_json(d / "contributions.json", {**summary, "model_fingerprint": fp})
+    assert load_sweep(d).n_layers  # a ranking without a fingerprint: nothing to check
+    ranking = json.loads((d / "ranking.json").read_text())
+    write_json(d / "ranking.json", {**ranking, "model_fingerprint": {**fp, "sample": [0.1, -0.25]}})
+    with pytest.raises(LayerscoutError, match=r"the ranking was made on another model than the sweep \(the weights"):
+        load_sweep(d)
+
+
 def test_fit_cli_writes_a_predictor_that_rank_can_load(tmp_path):
     import json
 

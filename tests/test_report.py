@@ -19,7 +19,7 @@ N = 20  # held-out prompts: S * N of them solved, the first ones
 SCORES = [0.35, 0.5, 0.4, 0.3, 0.2, 0.0]  # predicted order 1, 2, 0, 3, 4, 5; true order 2, 1, 3, 0, 4, 5
 
 
-def write_truth(directory, c=C, seeds=(0, 1), skip=("1/layer-5",), model=MODEL):
+def write_truth(directory, c=C, seeds=(0, 1), skip=("1/layer-5",), model=MODEL, fingerprint=None):
     """A sweep dir as calibrate writes it: sweep.json plus runs/<seed>/<job>.json."""
     n = len(c)
     planned = [{"index": j, "id": f"{s}/{name}", "seed": s, "name": name, "layers": layers}
@@ -34,6 +34,7 @@ def write_truth(directory, c=C, seeds=(0, 1), skip=("1/layer-5",), model=MODEL):
         final = S_FULL if job["layers"] is None else S_BASE + (S_FULL - S_BASE) * c[job["layers"][0]]
         write_json(directory / "runs" / str(job["seed"]) / f"{job['name']}.json", {
             "job": job["id"], "kind": "full" if job["layers"] is None else "layers", "model": model,
+            **({"model_fingerprint": fingerprint} if fingerprint else {}),
             "num_layers": n, "layers": job["layers"], "task": "math", "task_version": 1, "algo": "grpo",
             "seed": job["seed"], "steps": 5, "base_score": S_BASE, "final_score": final,
             "base_eval": _eval(S_BASE), "final_eval": _eval(final),
@@ -140,6 +141,19 @@ def test_other_depth_or_model_is_an_error(truth, tmp_path):
         validate([ranking(scores=SCORES[:5])], truth, tmp_path / "out")
     with pytest.raises(LayerscoutError, match="is for Qwen/Qwen3-4B .* but the truth"):
         validate([ranking(model="Qwen/Qwen3-4B")], truth, tmp_path / "out")
+
+
+def test_a_ranking_of_other_weights_under_the_same_name_is_an_error(tmp_path):
+    """An organism rebuilt on another CPU keeps its cache path, not its weights."""
+    fp = {"config": "c0ffee", "params": 10, "sample": [0.1, -0.2]}
+    truth = write_truth(tmp_path / "truth", fingerprint=fp)
+    other, same = ranking(), ranking()
+    other.model_fingerprint, same.model_fingerprint = {**fp, "sample": [0.1, -0.25]}, fp
+    with pytest.raises(LayerscoutError, match=r"ranking ranking0 was made on another model than the truth in .* "
+                                              r"\(the weights differ\)"):
+        validate([other], truth, tmp_path / "out", n_boot=10)
+    assert validate([same], truth, tmp_path / "out", n_boot=10)["rows"][0]["name"] == "ranking0"
+    assert validate([other], write_truth(tmp_path / "old"), tmp_path / "out", n_boot=10)  # no fingerprint: unchecked
 
 
 def test_undefined_truth_is_an_error(tmp_path):
