@@ -33,6 +33,9 @@ JOB_COMMAND = "layerscout calibrate --config {manifest} --shard {j}/{n}"
 # Seeds must share this many blocks before their agreement means anything (two blocks give only +-1): a sweep in
 # progress reports none until then.
 MIN_AGREEMENT_BLOCKS = 3
+# Seed-to-seed Spearman of C at which a sweep's ranking is sharp truth (the calibration goal); also the bar for the
+# truth's split-half agreement with itself.
+SHARP_AGREEMENT = 0.7
 RECORD_KEYS = ("job", "seed", "layers", "base_score", "final_score", "base_eval", "final_eval")
 # Held-out scoring of every calibration run unless `rl` says otherwise: the same 512 prompts for every run and
 # seed (eval_seed), 4 sampled completions each, so sharpening shows even where greedy decoding hides it.
@@ -293,6 +296,34 @@ def flat_blocks_reason(best_z: float, min_gain_se: float) -> str:
             f"compare)")
 
 
+def disagreement_reason(seed_agreement: float | None, split_half: dict) -> str | None:
+    """Why the seeds' C vectors are not sharp truth (seed Spearman < SHARP_AGREEMENT), and what to raise, read off
+    the split-half test, lifted to the full prompt set by Spearman-Brown (each half holds half the prompts): a
+    ranking that would not hold from one prompt set to another within a seed drowns in eval noise; one that holds
+    within each seed but not across seeds was trained differently by each seed, which more prompts cannot fix
+    (SmolLM2 chain_sum: 0.93 within, 0.41 across). None when the seeds agree, or too few blocks are shared."""
+    import numpy as np
+
+    from .metrics import spearman_brown
+
+    if seed_agreement is None or seed_agreement >= SHARP_AGREEMENT:
+        return None
+    within, across = split_half.get("same_seed"), split_half.get("across_seeds")
+    head = f"the seeds' C agree at Spearman {seed_agreement:.2f} (< {SHARP_AGREEMENT:g}, not yet sharp truth)"
+    if within is None:
+        return f"{head}: raise steps (the blocks' differences grow) or add seeds"
+    held = f"each seed's ranking holds at {within:.2f} from one half of its prompts to the other"
+    full = spearman_brown(within, 2)  # nan where the halves disagree
+    if not full >= SHARP_AGREEMENT:
+        expected = f" ({full:.2f} expected of the whole set)" if np.isfinite(full) else ""
+        return (f"{head}, and {held}{expected}: eval noise drowns the blocks' differences: raise rl.eval_prompts "
+                f"(or rl.eval_samples) or steps")
+    across = "n/a" if across is None else f"{across:.2f}"
+    return (f"{head}, while {held} ({full:.2f} expected of the whole set; across seeds {across}): the seeds "
+            f"trained different profiles, which more prompts cannot fix: raise steps, or add seeds (their mean is more "
+            f"reliable)")
+
+
 def _greedy_hid_rise(full: dict) -> str | None:
     """'; its train reward rose ...' when a greedily scored full run's train reward rose (Welch p < 0.01)."""
     from .metrics import reward_rise
@@ -419,8 +450,9 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     run trained); `seed_spearman` (mean pairwise Spearman of C between seeds: the single-seed reliability),
     `reliability` (its Spearman-Brown value for the mean over the seeds) and `noise_ceiling` (sqrt of that: the best
     Spearman a predictor can expect against the mean C); `split_half` (whether the ranking replicates on other
-    prompts: C on the even-numbered prompts against C on the odd ones, `same_seed` and `across_seeds`); `priors` (the
-    free rankings' Spearman).
+    prompts: C on the even-numbered prompts against C on the odd ones, `same_seed` and `across_seeds`);
+    `disagreement` (disagreement_reason: why the seeds disagree and what to raise, None when they agree); `priors`
+    (the free rankings' Spearman).
     """
     import numpy as np
 
@@ -491,6 +523,7 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
     common = [k for k in blocks if all(k in c[s] for s in c)]  # blocks every defined seed has a C for
     agreement = (_finite(seed_spearman([[c[s][k] for k in common] for s in c]))
                  if len(common) >= MIN_AGREEMENT_BLOCKS else None)
+    split_half = {"same_seed": _finite(within), "across_seeds": _finite(across)}
     return {
         "model": first.get("model"), "model_fingerprint": first.get("model_fingerprint"), "task": first.get("task"),
         "task_versions": sorted({r["task_version"] for r in records if "task_version" in r}),
@@ -502,7 +535,7 @@ def contributions(records: list[dict], planned: list[dict], min_gain_se: float =
         "seed_spearman": agreement, "agreement_blocks": len(common),
         "reliability": _finite(spearman_brown(agreement, len(c))) if agreement is not None else None,
         "noise_ceiling": _finite(noise_ceiling(agreement, len(c))) if agreement is not None else None,
-        "split_half": {"same_seed": _finite(within), "across_seeds": _finite(across)},
+        "split_half": split_half, "disagreement": disagreement_reason(agreement, split_half),
         "priors": _prior_agreement(layers, first.get("num_layers")),
         "missing": [j["id"] for j in planned if j["id"] not in by_id],
         "records": len(records),

@@ -541,12 +541,14 @@ def calibrate(model, layers, seeds, steps, config_file, overrides, report_to, ou
     summary = result["summary"]
     data = {"ran": result["ran"], "skipped_seeds": result["skipped"], "missing": summary.get("missing"),
             "flat_seeds": summary.get("flat_seeds"), "seed_spearman": summary.get("seed_spearman"),
-            "noise_ceiling": summary.get("noise_ceiling"), "contributions": f"{config.output}/contributions.json"}
-    flat = "".join(f"; seed {s}: {why}" for s, why in (data["flat_seeds"] or {}).items())
+            "noise_ceiling": summary.get("noise_ceiling"), "disagreement": summary.get("disagreement"),
+            "contributions": f"{config.output}/contributions.json"}
+    notes = [f"seed {s}: {why}" for s, why in (data["flat_seeds"] or {}).items()]
+    notes += [data["disagreement"]] if data["disagreement"] else []
     _emit(data, opts["as_json"], lambda: _echo(
         f"ran {len(data['ran'])} run(s), {len(data['missing'] or [])} missing, skipped seeds "
-        f"{data['skipped_seeds'] or 'none'}; seed-to-seed Spearman of C: {data['seed_spearman']}{flat}; wrote "
-        f"{data['contributions']}"))
+        f"{data['skipped_seeds'] or 'none'}; seed-to-seed Spearman of C: {data['seed_spearman']}"
+        f"{''.join('; ' + n for n in notes)}; wrote {data['contributions']}"))
 
 
 @cli.command(epilog="""Example:

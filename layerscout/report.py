@@ -14,14 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibrate import MIN_AGREEMENT_BLOCKS, summarize
+from .calibrate import MIN_AGREEMENT_BLOCKS, SHARP_AGREEMENT, summarize
 from .errors import LayerscoutError
 from .ranking import LayerRanking
 from .records import write_json
 
 METRICS = ("spearman", "kendall", "top1_recovered", "top1_regret", "topk_overlap", "ndcg")
 SPLIT = "split-half (same seed / across)"
-MIN_SPLIT_HALF = 0.7  # the goal's bar for seed agreement, applied to the truth's agreement with itself
 LEGEND = (
     "C(k) = (S_k - S_base) / (S_full - S_base): the share of full-parameter RL's held-out gain that RL on block k "
     "alone recovers (1 = as much, > 1 = more, < 0 = worse than the base). S_base: the base model's held-out score; "
@@ -107,7 +106,7 @@ def verdict(report: dict) -> str:
         lines.append(f"{r['name']}: {head} (Spearman {rho:.2f} vs middle {_fmt(priors['depth prior (middle)'])}, "
                      f"shallower-first {_fmt(priors['shallower first'])}){of_ceiling}; top-1 regret {_fmt(regret)}")
     held = report["truth"]["split_half"]["same_seed"]
-    if held is not None and held < MIN_SPLIT_HALF:
+    if held is not None and held < SHARP_AGREEMENT:
         lines.append(f"but the truth's own ranking holds at only {held:.2f} from the even- to the odd-numbered "
                      "prompts, so these numbers depend on which prompts were scored")
     return "; ".join(lines)

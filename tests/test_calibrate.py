@@ -16,8 +16,8 @@ import time
 import pytest
 import yaml
 
-from layerscout.calibrate import (CalibrationConfig, contributions, jobs, load_config, parse_shard, run_calibration,
-                                  run_job, select_shard, summarize, weak_gain_reason)
+from layerscout.calibrate import (CalibrationConfig, contributions, disagreement_reason, jobs, load_config,
+                                  parse_shard, run_calibration, run_job, select_shard, summarize, weak_gain_reason)
 from layerscout.errors import LayerscoutError
 from layerscout.tasks.math import MathTask
 
@@ -296,11 +296,30 @@ def test_contributions_by_hand():
     # C on prompts a, c against b, d: seed 0 (1, 1, 0) vs (1, 0, 0), Spearman 0.5; seed 1 (0.5, 1, 0) vs
     # (0, 1, -1), 1; across seeds (1, 1, 0) vs (0, 1, -1) is sqrt(3)/2 and (1, 0, 0) vs (0.5, 1, 0) is 0
     assert out["split_half"] == pytest.approx({"same_seed": 0.75, "across_seeds": 3 ** 0.5 / 4})
+    # 0.75 on half the prompts is 2 * 0.75 / 1.75 = 0.86 on all of them, while the seeds agree at 0.5
+    assert "the seeds trained different profiles" in out["disagreement"]
     assert out["priors"] == pytest.approx({"depth_prior": 0.75 ** 0.5, "shallower_first": 0.5})
     assert all(x["ci"][0] <= x["contribution"] <= x["ci"][1] for x in out["layers"])
     assert out["s_base"] == {"0": 0.25, "1": 0.25, "2": 0.25} and out["s_full"]["2"] == 0.25
     assert "S_full=0.25, S_base=0.25" in out["undefined_seeds"]["2"]
     assert out["missing"] == ["2/layer-1", "2/layer-2"]
+
+
+@pytest.mark.parametrize("agreement, within, says", [
+    (0.8, 0.2, None),                        # the seeds agree: nothing to raise
+    (None, 0.9, None),                       # too few shared blocks to tell
+    (0.4, 0.6, "trained different profiles"),  # halves 0.6 -> whole set 1.2 / 1.6 = 0.75 >= 0.7
+    (0.4, 0.5, "eval noise"),                # halves 0.5 -> whole set 1 / 1.5 = 0.67 < 0.7
+    (0.4, -0.2, "eval noise"),               # the halves disagree: no whole-set value
+    (0.4, None, "raise steps"),
+])
+def test_disagreement_says_whether_prompts_or_training_limit_the_seeds(agreement, within, says):
+    why = disagreement_reason(agreement, {"same_seed": within, "across_seeds": 0.1})
+    if says is None:
+        assert why is None
+    else:
+        assert says in why and "nan" not in why
+        assert ("rl.eval_prompts" in why) == (says == "eval noise")
 
 
 def test_a_gated_seed_without_block_runs_leaves_the_seed_agreement_to_the_others():
