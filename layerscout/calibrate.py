@@ -302,8 +302,6 @@ def disagreement_reason(seed_agreement: float | None, split_half: dict) -> str |
     ranking that would not hold from one prompt set to another within a seed drowns in eval noise; one that holds
     within each seed but not across seeds was trained differently by each seed, which more prompts cannot fix
     (SmolLM2 chain_sum: 0.93 within, 0.41 across). None when the seeds agree, or too few blocks are shared."""
-    import numpy as np
-
     from .metrics import spearman_brown
 
     if seed_agreement is None or seed_agreement >= SHARP_AGREEMENT:
@@ -313,13 +311,13 @@ def disagreement_reason(seed_agreement: float | None, split_half: dict) -> str |
     if within is None:
         return f"{head}: raise steps (the blocks' differences grow) or add seeds"
     held = f"each seed's ranking holds at {within:.2f} from one half of its prompts to the other"
-    full = spearman_brown(within, 2)  # nan where the halves disagree
-    if not full >= SHARP_AGREEMENT:
-        expected = f" ({full:.2f} expected of the whole set)" if np.isfinite(full) else ""
+    whole = spearman_brown(within, 2)  # nan where the halves disagree
+    if not whole >= SHARP_AGREEMENT:
+        expected = f" ({whole:.2f} expected of the whole set)" if within >= 0 else ""
         return (f"{head}, and {held}{expected}: eval noise drowns the blocks' differences: raise rl.eval_prompts "
                 f"(or rl.eval_samples) or steps")
     across = "n/a" if across is None else f"{across:.2f}"
-    return (f"{head}, while {held} ({full:.2f} expected of the whole set; across seeds {across}): the seeds "
+    return (f"{head}, while {held} ({whole:.2f} expected of the whole set; across seeds {across}): the seeds "
             f"trained different profiles, which more prompts cannot fix: raise steps, or add seeds (their mean is more "
             f"reliable)")
 
