@@ -13,11 +13,10 @@ residual-stream element (4 with fp32 weights), T = prompt + completion tokens, B
   KV cache       B_gen·T·L·2·KV·d·c while generating
   probe          ∇J accumulators N_b·4 and the probe sign N_b·1 on the device; θ0, Adam m, v (and fp32 masters of
                  bf16 weights) in host memory, N_b·(w + 8 (+4)); under autocast, its cached bf16 casts of every weight
-                 that requires grad: N·2 while sampling (a loaded model's weights do), N_b·2 in the passes that
-                 backpropagate into the blocks' weights (policy_grad, group_moments). Measured on an H200 (Qwen3-4B
-                 shape, benchmarks/gpu_memory.py), these were the missing 7.0–7.8 GiB of those phases. Those passes
-                 now run with the cache off (PassContext.logps); until a GPU measures them so, N_b·2 stays counted,
-                 an upper bound.
+                 that requires grad, N·2 while sampling (a loaded model's weights do): on an H200 (Qwen3-4B shape,
+                 benchmarks/gpu_memory.py) they were the missing 7.0–7.8 GiB of the phases. The passes that
+                 backpropagate into the blocks (policy_grad, group_moments) run with the cache off
+                 (PassContext.logps): on the same shape policy_grad fell from 37.1 to 30.9 GiB, so they count none.
   GRPO (TRL)     grads N_t·4, AdamW N_t·8, bf16 autocast copies of the trained weights N_t·2, trained weights
                  upcast to fp32 N_t·(4 − w), a reference model N·w when beta > 0
   runtime        on CPU, 0.4 GiB for Python, torch and transformers with a model's modules (measured here)
@@ -162,7 +161,7 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
         "rollouts": {"weights": weights, "autocast_weight_copies": n * casts,
                      "kv_cache": _kv_cache(shape, gen_batch, seq, c),
                      "logits": gen_batch * shape.vocab_size * 4 * 2},
-        "policy_grad": {"weights": weights, "autocast_weight_copies": nb * casts, "grad_accumulators": nb * 4,
+        "policy_grad": {"weights": weights, "grad_accumulators": nb * 4,
                         "probe_sign": sign,
                         "autograd_grad": shape.largest_param * w,  # each freed once accumulated
                         "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
@@ -182,8 +181,7 @@ def probe_memory(shape: ModelShape, probe, precision, prompt_tokens: int) -> dic
         "attribution": {"weights": weights, "activations": _activations(shape, rows * seq, c, r, ckpt),
                         "block_outputs": shape.num_layers * rows * seq * shape.hidden_size * r,
                         "logits": _logits(shape, rows * seq, precision.device_type)},
-        "group_moments": {"weights": weights, "autocast_weight_copies": nb * casts,
-                          "moment_accumulators": nb * 4 * 3, "autograd_grads": nb * w,
+        "group_moments": {"weights": weights, "moment_accumulators": nb * 4 * 3, "autograd_grads": nb * w,
                           "activations": _activations(shape, sweep_batch * seq, c, r, ckpt),
                           "logits": _logits(shape, sweep_batch * seq, precision.device_type)},
     }

@@ -16,12 +16,11 @@ RECIPE_KEYS = {"task", "metadata", "task_options", "probe"}
 
 
 def builtin_dir() -> Path:
-    """probes/ of a source checkout, else the copy installed as package data (layerscout._probes)."""
-    src = Path(__file__).resolve().parent.parent / "probes"
-    if src.is_dir():
-        return src
-    from importlib.resources import files
-    return Path(str(files("layerscout._probes")))
+    """probes/ of a source checkout, else the copy a wheel installs as package data (layerscout/_probes/).
+    Not importlib.resources: _probes has no __init__.py, and str() of a namespace package's files() is a repr."""
+    here = Path(__file__).resolve().parent
+    src = here.parent / "probes"
+    return src if src.is_dir() else here / "_probes"
 
 
 def builtin_recipes() -> dict[str, Path]:

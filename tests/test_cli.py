@@ -2,6 +2,7 @@
 Run: pytest tests/test_cli.py"""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -242,6 +243,30 @@ def test_probes_cp_then_validate(tmp_path):
     r = CliRunner().invoke(cli, ["probes", "validate", str(dest)])
     assert r.exit_code == 2
     assert "unknown key 'bogus'" in r.output and "num_prompts expects int" in r.output
+
+
+def test_an_installed_wheel_finds_its_recipes_and_predictor(tmp_path):
+    """A plain (non-editable) install has no probes/ beside the package: recipes and the shipped predictor come from
+    the wheel's layerscout/_probes/. Unpacking the wheel is what pip does for a pure-Python one."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    repo, src = Path(__file__).resolve().parent.parent, tmp_path / "src"  # a copy: the build writes build/ beside it
+    shutil.copytree(repo, src, ignore=lambda d, names: [n for n in names if Path(d) == repo and n not in
+                                                        ("pyproject.toml", "README.md", "layerscout", "probes")])
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
+    wheel, = (tmp_path / "dist").glob("layerscout-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = ("import layerscout, json; from layerscout.recipes import builtin_recipes, load_recipe; "
+            "from layerscout.config import ProbeConfig; ProbeConfig(); "
+            "print(json.dumps([layerscout.__file__, sorted(builtin_recipes()), load_recipe('math').task]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert proc.returncode == 0, proc.stderr
+    where, recipes, task = json.loads(proc.stdout)
+    assert where.startswith(str(tmp_path / "site")) and "math" in recipes and task == "math"
 
 
 def test_train_auto_layer_trains_the_rankings_top_blocks(organism_path, tmp_path):

@@ -77,16 +77,16 @@ def test_estimates_move_the_right_way():
     assert full["peak_bytes"] > 18 * shape.params
 
 
-def test_autocast_keeps_bf16_copies_of_the_weights_that_require_grad():
-    """Measured on an H200 (benchmarks/gpu_memory.py): sampling caches a bf16 copy of every weight, the gradient
-    pass of every block weight; bf16 weights need no copies."""
+def test_autocast_keeps_bf16_copies_of_the_weights_while_sampling_only():
+    """Measured on an H200 (benchmarks/gpu_memory.py): sampling caches a bf16 copy of every weight; the gradient
+    pass runs with the cache off (37.1 GiB with it, 30.9 without); bf16 weights need no copies."""
     shape = model_shape(str(HUB / "Qwen3-4B"))
     probe = ProbeConfig(num_generations=8, max_completion_length=256, gradient_checkpointing=True)
     cuda = probe_memory(shape, probe, planned_precision("cuda", "auto"), 38)["phases"]
     bf16 = probe_memory(shape, probe, planned_precision("cuda", "bfloat16"), 38)["phases"]
     assert cuda["rollouts"]["autocast_weight_copies"] == 2 * 4_022_468_096
-    assert cuda["policy_grad"]["autocast_weight_copies"] == 2 * shape.block_params
-    assert bf16["rollouts"]["autocast_weight_copies"] == bf16["policy_grad"]["autocast_weight_copies"] == 0
+    assert "autocast_weight_copies" not in cuda["policy_grad"]
+    assert bf16["rollouts"]["autocast_weight_copies"] == 0
 
 
 def test_rank_dry_run_reads_only_the_config():

@@ -104,7 +104,8 @@ def test_the_dry_run_estimate_covers_each_probe_phase(tmp_path):
     """Every probe phase allocates at most its --dry-run estimate, + 10 % + 128 MiB for what the estimate leaves
     out (cuBLAS workspaces, what earlier tests keep allocated). On an H200 the estimate once left out autocast's
     cached bf16 copies of the weights: this model's rollouts took 630 MiB against 395 estimated (the fixed estimate
-    says 587 MiB), and Qwen3-4B's rollouts and gradient pass took 1.51x and 1.23x their estimates (now 1.01x)."""
+    says 587 MiB), and Qwen3-4B's rollouts and gradient pass took 1.51x and 1.23x their estimates. With the cache off
+    in the gradient pass and the estimate lowered to match, this passed on an H200 (2026-11-28)."""
     from dataclasses import replace
 
     from layerscout.dryrun import model_shape, planned_precision, probe_memory, prompt_tokens
