@@ -253,8 +253,9 @@ def test_an_installed_wheel_finds_its_recipes_and_predictor(tmp_path):
     from pathlib import Path
 
     repo, src = Path(__file__).resolve().parent.parent, tmp_path / "src"  # a copy: the build writes build/ beside it
-    shutil.copytree(repo, src, ignore=lambda d, names: [n for n in names if Path(d) == repo and n not in
-                                                        ("pyproject.toml", "README.md", "layerscout", "probes")])
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "layerscout", "probes"):
+        (shutil.copytree if (repo / name).is_dir() else shutil.copy)(repo / name, src / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp_path / "dist"), str(src)], check=True, capture_output=True)
     wheel, = (tmp_path / "dist").glob("layerscout-*.whl")
