@@ -10,9 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
-
-from layerscout.metrics import paired_z
+from layerscout.metrics import paired_z, spearman
 
 ROOT = Path(__file__).resolve().parent / "runs"
 SWEEPS = ("smollm2-135m-math-grpo-e1600", "smollm2-135m-math-grpo-s60")
@@ -63,7 +61,7 @@ def main() -> None:
             if len(group) == 2:
                 a, b = group
                 z2 = np.mean([paired_z(seeds[a][1][k], seeds[b][1][k]) ** 2 for k in both])
-                line += f", Spearman {spearmanr(m[:, 0], m[:, 1]).statistic:.2f}, mean z² of differences {z2:.2f}"
+                line += f", Spearman {spearman(m[:, 0], m[:, 1]):.2f}, mean z² of differences {z2:.2f}"
             print(line)
 
 
